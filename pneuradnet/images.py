@@ -1,0 +1,83 @@
+"""Decoding uploaded bytes into an upright 8-bit Pillow image, or a clear InvalidImageError."""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pneuradnet.errors import InvalidImageError
+
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+"""Formats the service classifies; radiology viewers export these (DICOM aside)."""
+
+MAX_PIXELS = 50_000_000
+"""Largest image accepted (width x height); a 14x17 inch detector at 100 µm is about 24 Mpx."""
+
+MAX_SIDE = 16_384
+"""Longest side accepted, in pixels."""
+
+_MODES_KEPT = ("L", "RGB")
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> Image.Image:
+    """Decode PNG or JPEG bytes into an upright image in mode `L` or `RGB`.
+
+    16-bit grayscale is stretched to 8 bits over its own range (a 12-bit detector would otherwise be
+    nearly black); palette, CMYK and alpha images become RGB as Keras' `load_img` makes them.
+    """
+    if not data:
+        raise InvalidImageError("the file is empty")
+    image = _open(data)
+    width, height = image.size
+    if width * height > max_pixels or max(width, height) > max_side:
+        raise InvalidImageError(
+            f"image is {width}x{height}, the limit is {max_pixels:,} pixels and {max_side:,} on a side"
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidImageError(_describe_load_failure(image.format, error)) from error
+    return _to_8_bit(image)
+
+
+def _open(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        # Our own size check comes next and says more than Pillow's warning.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as error:
+            raise InvalidImageError(f"image is too large to decode safely: {error}") from error
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise InvalidImageError(f"not an image: send {' or '.join(ACCEPTED_FORMATS)}") from error
+    if image.format not in ACCEPTED_FORMATS:
+        raise InvalidImageError(f"{image.format} images are not accepted: send {' or '.join(ACCEPTED_FORMATS)}")
+    return image
+
+
+def _describe_load_failure(image_format: str | None, error: Exception) -> str:
+    if "truncated" in str(error).lower():
+        return f"truncated {image_format}: the file ends before the image data does"
+    return f"the {image_format} data is corrupt and cannot be decoded ({error})"
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    if image.mode in _MODES_KEPT:
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _stretch_to_8_bit(np.asarray(image))
+    if image.mode in ("1", "LA"):
+        return image.convert("L")
+    return image.convert("RGB")
+
+
+def _stretch_to_8_bit(pixels: np.ndarray) -> Image.Image:
+    pixels = pixels.astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    if high == low:
+        scaled = np.zeros(pixels.shape, dtype=np.uint8)
+    else:
+        scaled = np.rint((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
+    return Image.fromarray(scaled)
