@@ -1,0 +1,26 @@
+"""Request dependencies as Annotated aliases, so routes stay short and tests can override them."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis as AsyncRedis
+
+from service.jobstore import JobStore
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_async_redis(request: Request) -> AsyncRedis:
+    return request.app.state.async_redis
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]

@@ -1,0 +1,41 @@
+"""The FastAPI application: routes, error handlers and the connections they share. Never imports TensorFlow."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis as AsyncRedis
+
+from api.limits import BodySizeLimit
+from api.problems import install_problem_handlers
+from api.routes import batches, health, jobs, predict
+from service.jobstore import JobStore
+from service.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl)
+        app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
+        yield
+        await app.state.async_redis.aclose()
+        app.state.store.close()
+
+    app = FastAPI(
+        title="PNEURADNET",
+        summary="Chest radiograph classification, submit-then-poll. Decision support, not a diagnosis.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    install_problem_handlers(app)
+    for module in (jobs, batches, predict, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,56 @@
+"""HTTP errors as RFC 9457 problem+json: one exception type for the routes, handlers for the rest."""
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.problems import PROBLEM_MEDIA_TYPE, problem
+
+REDIS_RETRY_AFTER = 5
+"""Seconds a client is asked to wait when the job store does not answer."""
+
+
+class ProblemError(Exception):
+    """Raised by routes; answered as problem+json with the given status, kind and detail."""
+
+    def __init__(self, status: int, kind: str, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem_response(status: int, kind: str, detail: str, headers: dict[str, str] | None = None,
+                     **extensions: object) -> JSONResponse:
+    body = problem(kind, HTTPStatus(status).phrase, status, detail, **extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, error: ProblemError) -> JSONResponse:
+        return problem_response(error.status, error.kind, error.detail, error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code).description
+        kind = HTTPStatus(error.status_code).phrase.lower().replace(" ", "-")
+        return problem_response(error.status_code, kind, detail, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        errors = [{"location": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in error.errors()]
+        detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
+        return problem_response(422, "invalid-request", f"the request is invalid: {detail}", errors=errors)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _store_down(_: Request, __: Exception) -> JSONResponse:
+        return problem_response(503, "store-unavailable", "the job store (Redis) does not answer; try again shortly",
+                                {"Retry-After": str(REDIS_RETRY_AFTER)})

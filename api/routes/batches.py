@@ -1,0 +1,65 @@
+import csv
+import io
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import StoreDep
+from api.problems import ProblemError
+from api.schemas import BatchPublic, JobPublic
+from service.jobstore import Batch, Job, JobStatus, JobStore
+
+router = APIRouter(tags=["batches"])
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+@router.get("/batches/{batch_id}", response_model=BatchPublic,
+            responses={200: {"content": {"text/csv": {}}, "description": "The batch, or its CSV export"}})
+async def get_batch(
+    batch_id: UUID,
+    store: StoreDep,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    page_token: Annotated[str | None, Query(pattern=r"^\d{1,9}$", description="From the previous page")] = None,
+    format: Annotated[Literal["json", "csv"], Query(description="csv: one row per image, every job")] = "json",
+) -> BatchPublic | Response:
+    batch = await run_in_threadpool(store.get_batch, str(batch_id))
+    if batch is None:
+        raise ProblemError(404, "batch-not-found", f"there is no batch {batch_id} (or it has expired)")
+    if format == "csv":
+        jobs = await run_in_threadpool(_jobs_of, store, batch.id, 0, -1)
+        return Response(_to_csv(jobs), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"'})
+    return await run_in_threadpool(_page, store, batch, int(page_token or 0), page_size)
+
+
+def _page(store: JobStore, batch: Batch, offset: int, page_size: int) -> BatchPublic:
+    jobs = _jobs_of(store, batch.id, offset, offset + page_size - 1)
+    statuses = store.batch_statuses(batch.id)
+    counts = {status: statuses.count(status) for status in JobStatus}
+    following = offset + page_size
+    return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, counts=counts,
+                       jobs=[JobPublic.of(job) for job in jobs],
+                       next_page_token=str(following) if following < batch.total else None)
+
+
+def _jobs_of(store: JobStore, batch_id: str, start: int, stop: int) -> list[Job]:
+    return store.get_jobs(store.batch_job_ids(batch_id, start=start, stop=stop))
+
+
+def _to_csv(jobs: list[Job]) -> str:
+    labels = list(dict.fromkeys(label for job in jobs if job.result for label in job.result["labels"]))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["filename", "status", "predicted_class", "confidence", *labels, "error", "job_id"])
+    for job in jobs:
+        result = job.result or {}
+        probabilities = dict(zip(result.get("labels", []), result.get("predictions", []), strict=True))
+        writer.writerow([job.filename, job.status.value, result.get("predicted_class", ""),
+                         result.get("confidence", ""), *(probabilities.get(label, "") for label in labels),
+                         job.error["detail"] if job.error else "", job.id])
+    return out.getvalue()

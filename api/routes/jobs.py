@@ -1,0 +1,53 @@
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import AsyncRedisDep, SettingsDep, StoreDep
+from api.problems import ProblemError
+from api.schemas import JobPublic, SubmitResponse
+from api.submission import submit_batch, wait_for_job
+from api.uploads import read_uploads
+
+router = APIRouter(tags=["jobs"])
+
+MAX_WAIT = 30.0
+"""Longest long-poll a client may ask of GET /jobs/{id}, in seconds."""
+
+POLL_AFTER = 1
+"""Seconds a client is told to wait before polling an unfinished job again."""
+
+
+@router.post("/jobs", status_code=202, response_model=SubmitResponse)
+async def submit_jobs(
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG) or ZIP archives of them")] = [],  # noqa: B006
+    file: Annotated[UploadFile | None, File(description="One image; accepted for old clients")] = None,
+) -> SubmitResponse:
+    uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
+                                 max_files=settings.max_files_per_request)
+    batch, jobs = await submit_batch(store, uploads, chunk_size=settings.max_batch)
+    response.headers["Location"] = f"/batches/{batch.id}"
+    return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+async def get_job(
+    job_id: UUID,
+    response: Response,
+    store: StoreDep,
+    redis: AsyncRedisDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait for the job to finish")] = 0,
+) -> JobPublic:
+    if wait:
+        job = await wait_for_job(store, redis, str(job_id), timeout=wait)
+    else:
+        job = await run_in_threadpool(store.get_job, str(job_id))
+    if job is None:
+        raise ProblemError(404, "job-not-found", f"there is no job {job_id} (or it has expired)")
+    if not job.status.finished:
+        response.headers["Retry-After"] = str(POLL_AFTER)
+    return JobPublic.of(job)

@@ -1,0 +1,85 @@
+"""What the API answers: one public schema per resource, separate from how the job store keeps it."""
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from service.jobstore import Job, JobStatus
+
+DISCLAIMER = "Decision support for qualified staff; not a diagnosis."
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class JobResult(BaseModel):
+    labels: list[str]
+    predictions: list[float]
+    """Probabilities in label order."""
+    predicted_class: str
+    confidence: float
+    model: ModelRef
+    runtime: str
+    timings_ms: dict[str, float]
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    batch_id: str
+    status: JobStatus
+    filename: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    result: JobResult | None
+    error: Problem | None
+
+    @classmethod
+    def of(cls, job: Job) -> "JobPublic":
+        return cls(id=job.id, batch_id=job.batch_id, status=job.status, filename=job.filename,
+                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                   result=job.result, error=job.error)
+
+
+class SubmitResponse(BaseModel):
+    batch_id: str
+    jobs: list[JobPublic]
+    notice: str = DISCLAIMER
+
+
+class BatchPublic(BaseModel):
+    id: str
+    created_at: str
+    total: int
+    counts: dict[JobStatus, int]
+    jobs: list[JobPublic]
+    next_page_token: str | None
+    notice: str = DISCLAIMER
+
+
+class LegacyPrediction(BaseModel):
+    """The original synchronous service's answer, plus the model and the job it ran as."""
+
+    filename: str
+    predictions: list[list[float]]
+    predicted_class: str
+    confidence: float
+    model: ModelRef
+    job_id: str
+    notice: str = DISCLAIMER
+
+    @classmethod
+    def of(cls, job: Job) -> "LegacyPrediction":
+        result: dict[str, Any] = job.result or {}
+        return cls(filename=job.filename, predictions=[result["predictions"]],
+                   predicted_class=result["predicted_class"], confidence=result["confidence"],
+                   model=result["model"], job_id=job.id)

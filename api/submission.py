@@ -1,0 +1,31 @@
+"""Submitting uploads as a batch of jobs and waiting for a job to finish, for the routes."""
+
+import asyncio
+
+from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
+
+from service.jobstore import Batch, Job, JobStore, Upload, job_channel
+from worker.app import enqueue
+
+
+async def submit_batch(store: JobStore, uploads: list[Upload], *, chunk_size: int) -> tuple[Batch, list[Job]]:
+    """Store every job before any is enqueued, so a worker never takes a job the store does not know."""
+    batch, jobs = await run_in_threadpool(store.create_batch, uploads)
+    await run_in_threadpool(enqueue, [job.id for job in jobs], chunk_size=chunk_size)
+    return batch, jobs
+
+
+async def wait_for_job(store: JobStore, redis: AsyncRedis, job_id: str, *, timeout: float) -> Job | None:
+    """The job as soon as it finishes, or as it is when `timeout` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(job_channel(job_id))
+        while True:
+            # Read after subscribing: a finish published in between is then seen here, not lost.
+            job = await run_in_threadpool(store.get_job, job_id)
+            remaining = deadline - loop.time()
+            if job is None or job.status.finished or remaining <= 0:
+                return job
+            await pubsub.get_message(timeout=remaining)

@@ -1,0 +1,61 @@
+"""Every setting of the API and the workers, read once from the environment (see the README's table)."""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Job store and Celery broker."""
+
+    model_manifest: str = "default"
+    """A manifest name in models/ or the path of a manifest JSON file."""
+    model_path: Path | None = None
+    """Overrides the model file the manifest names."""
+    inference_runtime: Literal["tensorflow"] = "tensorflow"
+
+    job_ttl: int = Field(default=24 * 3600, gt=0)
+    """Seconds a job's record and result are kept after submission."""
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest request body accepted by POST /jobs and POST /predict."""
+    max_files_per_request: int = Field(default=1000, gt=0)
+    """Most images (files, or members of a ZIP) in one request."""
+    predict_timeout: float = Field(default=60.0, gt=0)
+    """Seconds POST /predict waits for its result before answering 504."""
+
+    worker_concurrency: int = Field(default=1, gt=0)
+    """Model-serving processes per worker container; each loads its own copy of the model."""
+    worker_threads: int | None = Field(default=None, gt=0)
+    """Inference threads per worker process; default: the host's cores divided by WORKER_CONCURRENCY."""
+    max_batch: int = Field(default=16, gt=0, le=256)
+    """Images per task and per forward pass."""
+    job_timeout: int = Field(default=60, gt=0)
+    """Seconds a task (up to MAX_BATCH images) may run before it is stopped and its jobs fail."""
+    max_deliveries: int = Field(default=3, gt=0)
+    """Times a job may be handed to a worker; a job whose worker keeps dying fails after this many."""
+
+    port: int = 8000
+    log_level: str = "INFO"
+
+    @field_validator("model_manifest")
+    @classmethod
+    def _manifest_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("MODEL_MANIFEST must name a manifest")
+        return value
+
+    @property
+    def inference_threads(self) -> int:
+        return self.worker_threads or max(1, (os.cpu_count() or 1) // self.worker_concurrency)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
