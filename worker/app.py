@@ -30,6 +30,7 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_concurrency,
         task_time_limit=settings.job_timeout,
         # The redis transport re-delivers an unacknowledged task after the visibility timeout (default 1 h):
         # keep it just above the longest a task may run, and look for such tasks often.

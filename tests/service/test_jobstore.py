@@ -1,0 +1,104 @@
+import time
+
+import pytest
+
+from service import jobstore
+from service.jobstore import QUEUED_REGISTRY, RUNNING_REGISTRY, JobStatus, JobStore, Upload
+
+
+def test_key_formats_are_pinned():
+    # Deployed workers and APIs of different versions share Redis: these names are an interface.
+    assert jobstore.job_key("j1") == "pneuradnet:job:j1"
+    assert jobstore.image_key("j1") == "pneuradnet:job:j1:image"
+    assert jobstore.job_channel("j1") == "pneuradnet:job:j1:events"
+    assert jobstore.batch_key("b1") == "pneuradnet:batch:b1"
+    assert jobstore.batch_jobs_key("b1") == "pneuradnet:batch:b1:jobs"
+    assert QUEUED_REGISTRY == "pneuradnet:registry:queued"
+    assert RUNNING_REGISTRY == "pneuradnet:registry:running"
+
+
+def submit(store: JobStore, *names: str) -> list[jobstore.Job]:
+    _, jobs = store.create_batch([Upload(filename=name, data=f"bytes of {name}".encode()) for name in names])
+    return jobs
+
+
+def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore):
+    batch, jobs = store.create_batch([Upload("a.png", b"\x89PNG a"), Upload("b.jpeg", b"\xff\xd8 b")])
+
+    assert store.get_batch(batch.id).total == 2
+    assert store.batch_job_ids(batch.id) == [job.id for job in jobs]
+    assert [job.status for job in store.get_jobs([job.id for job in jobs])] == [JobStatus.QUEUED] * 2
+    assert store.image(jobs[1].id) == b"\xff\xd8 b"
+    assert store.queued_count() == 2
+    for key in (jobstore.batch_key(batch.id), jobstore.job_key(jobs[0].id), jobstore.image_key(jobs[0].id)):
+        assert 0 < store.redis.ttl(key) <= 600
+
+
+def test_a_job_runs_then_succeeds_and_its_image_is_deleted(store: JobStore):
+    (job,) = submit(store, "a.png")
+
+    running = store.start(job.id, deadline=time.time() + 60)
+    assert running.status is JobStatus.RUNNING and running.deliveries == 1 and running.started_at
+    assert store.redis.zscore(RUNNING_REGISTRY, job.id) is not None
+    assert store.queued_count() == 0
+
+    assert store.succeed(job.id, {"predicted_class": "NORMAL"})
+    done = store.get_job(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == {"predicted_class": "NORMAL"} and done.finished_at
+    assert store.image(job.id) is None
+    assert store.redis.zscore(RUNNING_REGISTRY, job.id) is None
+
+
+def test_a_finished_job_is_never_started_or_finished_again(store: JobStore):
+    (job,) = submit(store, "a.png")
+    store.start(job.id, deadline=time.time() + 60)
+    store.succeed(job.id, {"n": 1})
+
+    assert store.start(job.id, deadline=time.time() + 60) is None
+    assert not store.succeed(job.id, {"n": 2})
+    assert not store.fail(job.id, {"detail": "late"})
+    assert store.get_job(job.id).result == {"n": 1}
+
+
+def test_a_redelivered_running_job_starts_again_and_counts_its_deliveries(store: JobStore):
+    (job,) = submit(store, "a.png")
+    store.start(job.id, deadline=time.time() + 60)
+
+    assert store.start(job.id, deadline=time.time() + 60).deliveries == 2
+
+
+def test_only_a_queued_job_can_be_canceled(store: JobStore):
+    queued, running = submit(store, "a.png", "b.png")
+    store.start(running.id, deadline=time.time() + 60)
+
+    assert store.cancel(queued.id)
+    assert not store.cancel(running.id)
+    assert store.get_job(queued.id).status is JobStatus.CANCELED
+    assert store.start(queued.id, deadline=time.time() + 60) is None
+    assert store.image(queued.id) is None
+
+
+def test_every_transition_is_published_on_the_job_channel(store: JobStore):
+    (job,) = submit(store, "a.png")
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(jobstore.job_channel(job.id))
+    pubsub.get_message(timeout=1)  # the subscription confirmation
+
+    store.start(job.id, deadline=time.time() + 60)
+    store.fail(job.id, {"detail": "broken"})
+
+    messages = [pubsub.get_message(timeout=1) for _ in range(2)]
+    assert [message["data"] for message in messages] == ["running", "failed"]
+    pubsub.close()
+
+
+def test_an_unknown_job_is_none_and_cannot_move(store: JobStore):
+    assert store.get_job("no-such-job") is None
+    assert store.start("no-such-job", deadline=time.time()) is None
+    assert not store.succeed("no-such-job", {})
+
+
+@pytest.mark.parametrize("target", list(jobstore.ALLOWED_FROM))
+def test_the_state_machine_only_moves_forward(target: JobStatus):
+    # No transition leads out of a finished state.
+    assert not any(status.finished for status in jobstore.ALLOWED_FROM[target])
