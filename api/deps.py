@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis as AsyncRedis
 
+from api.batcher import EnqueueBatcher
 from service.jobstore import JobStore
 from service.settings import Settings
 
@@ -21,6 +22,11 @@ def get_async_redis(request: Request) -> AsyncRedis:
     return request.app.state.async_redis
 
 
+def get_batcher(request: Request) -> EnqueueBatcher:
+    return request.app.state.batcher
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+BatcherDep = Annotated[EnqueueBatcher, Depends(get_batcher)]

@@ -6,11 +6,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis as AsyncRedis
 
+from api.batcher import EnqueueBatcher
 from api.limits import BodySizeLimit
 from api.problems import install_problem_handlers
 from api.routes import batches, health, jobs, predict
 from service.jobstore import JobStore
 from service.settings import Settings, get_settings
+from worker.app import send_classify_task
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,7 +22,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl)
         app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
+        app.state.batcher = EnqueueBatcher(send_classify_task, max_batch=settings.max_batch,
+                                           wait_seconds=settings.batch_wait_ms / 1000)
+        app.state.batcher.start()
         yield
+        await app.state.batcher.stop()
         await app.state.async_redis.aclose()
         app.state.store.close()
 

@@ -5,14 +5,14 @@ import asyncio
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
+from api.batcher import EnqueueBatcher
 from service.jobstore import Batch, Job, JobStore, Upload, job_channel
-from worker.app import enqueue
 
 
-async def submit_batch(store: JobStore, uploads: list[Upload], *, chunk_size: int) -> tuple[Batch, list[Job]]:
+async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[Upload]) -> tuple[Batch, list[Job]]:
     """Store every job before any is enqueued, so a worker never takes a job the store does not know."""
     batch, jobs = await run_in_threadpool(store.create_batch, uploads)
-    await run_in_threadpool(enqueue, [job.id for job in jobs], chunk_size=chunk_size)
+    await batcher.submit([job.id for job in jobs])
     return batch, jobs
 
 

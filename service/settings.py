@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     """Inference threads per worker process; default: the host's cores divided by WORKER_CONCURRENCY."""
     max_batch: int = Field(default=16, gt=0, le=256)
     """Images per task and per forward pass."""
+    batch_wait_ms: float = Field(default=10.0, ge=0)
+    """Longest a submission waits in the API for others to share its task (bulk uploads fill one at once)."""
     job_timeout: int = Field(default=60, gt=0)
     """Seconds a task (up to MAX_BATCH images) may run before it is stopped and its jobs fail."""
     max_deliveries: int = Field(default=3, gt=0)

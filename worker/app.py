@@ -50,7 +50,6 @@ def make_celery(settings: Settings) -> Celery:
 celery_app = make_celery(get_settings())
 
 
-def enqueue(job_ids: Sequence[str], *, chunk_size: int) -> None:
-    """One task per chunk of jobs: a worker runs each chunk as one batched forward pass."""
-    for start in range(0, len(job_ids), chunk_size):
-        celery_app.send_task(CLASSIFY_TASK, args=[list(job_ids[start:start + chunk_size])], queue=QUEUE)
+def send_classify_task(job_ids: Sequence[str]) -> None:
+    """Enqueue one task that classifies these jobs in one batch."""
+    celery_app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUE)

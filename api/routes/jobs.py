@@ -4,7 +4,7 @@ from uuid import UUID
 from fastapi import APIRouter, File, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AsyncRedisDep, SettingsDep, StoreDep
+from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError
 from api.schemas import JobPublic, SubmitResponse
 from api.submission import submit_batch, wait_for_job
@@ -24,12 +24,13 @@ async def submit_jobs(
     response: Response,
     settings: SettingsDep,
     store: StoreDep,
+    batcher: BatcherDep,
     files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG) or ZIP archives of them")] = [],  # noqa: B006
     file: Annotated[UploadFile | None, File(description="One image; accepted for old clients")] = None,
 ) -> SubmitResponse:
     uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
                                  max_files=settings.max_files_per_request)
-    batch, jobs = await submit_batch(store, uploads, chunk_size=settings.max_batch)
+    batch, jobs = await submit_batch(store, batcher, uploads)
     response.headers["Location"] = f"/batches/{batch.id}"
     return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
-from api.deps import AsyncRedisDep, SettingsDep, StoreDep
+from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError
 from api.schemas import LegacyPrediction
 from api.submission import submit_batch, wait_for_job
@@ -20,10 +20,11 @@ async def predict(
     settings: SettingsDep,
     store: StoreDep,
     redis: AsyncRedisDep,
+    batcher: BatcherDep,
     file: Annotated[UploadFile, File(description="One image (PNG or JPEG)")],
 ) -> LegacyPrediction:
     uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes, max_files=1)
-    _, (submitted,) = await submit_batch(store, uploads, chunk_size=settings.max_batch)
+    _, (submitted,) = await submit_batch(store, batcher, uploads)
     job = await wait_for_job(store, redis, submitted.id, timeout=settings.predict_timeout)
     if job is None:
         raise ProblemError(500, "job-lost", f"job {submitted.id} disappeared before it finished")

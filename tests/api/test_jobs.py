@@ -46,7 +46,7 @@ def test_a_bulk_upload_of_real_radiographs_matches_the_cli(client: httpx.Client,
 
     cli = subprocess.run([sys.executable, "-m", "pneuradnet.cli", "predict", *map(str, radiographs)],
                          capture_output=True, text=True, cwd=ROOT, check=True)
-    expected = {record["filename"]: record for record in map(json.loads, cli.stdout.splitlines())}
+    expected = {Path(record["filename"]).name: record for record in map(json.loads, cli.stdout.splitlines())}
     for job in jobs:
         result = job["result"]
         assert result["labels"] == ["NORMAL", "PNEUMONIA"]
