@@ -4,13 +4,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
 
 from api.batcher import EnqueueBatcher
 from api.limits import BodySizeLimit
 from api.problems import install_problem_handlers
-from api.routes import batches, health, jobs, predict
+from api.routes import batches, health, jobs, page, predict
 from service.jobstore import JobStore
+from service.metrics import StoreCollector
 from service.settings import Settings, get_settings
 from worker.app import send_classify_task
 
@@ -21,6 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl)
+        app.state.metrics = CollectorRegistry(auto_describe=False)
+        app.state.metrics.register(StoreCollector(app.state.store))
         app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
         app.state.batcher = EnqueueBatcher(send_classify_task, max_batch=settings.max_batch,
                                            wait_seconds=settings.batch_wait_ms / 1000)
@@ -39,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     install_problem_handlers(app)
-    for module in (jobs, batches, predict, health):
+    for module in (jobs, batches, predict, health, page):
         app.include_router(module.router)
     return app
 

@@ -66,6 +66,12 @@ class BatchPublic(BaseModel):
     notice: str = DISCLAIMER
 
 
+class CancelResult(BaseModel):
+    batch_id: str
+    canceled: int
+    """Jobs moved from queued to canceled; running and finished jobs are not counted."""
+
+
 class LegacyPrediction(BaseModel):
     """The original synchronous service's answer, plus the model and the job it ran as."""
 

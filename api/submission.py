@@ -1,18 +1,34 @@
 """Submitting uploads as a batch of jobs and waiting for a job to finish, for the routes."""
 
 import asyncio
+from functools import partial
 
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from api.batcher import EnqueueBatcher
-from service.jobstore import Batch, Job, JobStore, Upload, job_channel
+from api.problems import ProblemError
+from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload, job_channel
+
+BUSY_RETRY_AFTER = 30
+"""Seconds a client is asked to wait when the queue is full."""
 
 
-async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[Upload]) -> tuple[Batch, list[Job]]:
+async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[Upload], *, owner: str,
+                       max_queue: int, idempotency: str | None = None) -> tuple[Batch, list[Job]]:
     """Store every job before any is enqueued, so a worker never takes a job the store does not know."""
-    batch, jobs = await run_in_threadpool(store.create_batch, uploads)
-    await batcher.submit([job.id for job in jobs])
+    queued = await run_in_threadpool(store.queued_count)
+    if queued + len(uploads) > max_queue:
+        raise ProblemError(429, "queue-full", f"the queue holds {queued} jobs and takes at most {max_queue} "
+                           "(MAX_QUEUE); nothing of this request was queued: retry later",
+                           headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+    try:
+        batch, jobs, created = await run_in_threadpool(
+            partial(store.create_batch, uploads, owner=owner, idempotency=idempotency))
+    except IdempotencyConflict as conflict:
+        raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
+    if created:
+        await batcher.submit([job.id for job in jobs])
     return batch, jobs
 
 

@@ -7,11 +7,16 @@ Layout (all under the `pneuradnet:` prefix, all expiring JOB_TTL after submissio
 - `batch:{id}`          hash: created_at, total, owner
 - `batch:{id}:jobs`     list: the batch's job ids in upload order
 - `registry:queued`     sorted set: queued job ids scored by submission time (queue depth, backpressure)
-- `registry:running`    sorted set: running job ids scored by their deadline (abandoned-job recovery)
+- `registry:running`    sorted set: running job ids scored by their deadline
+- `idempotency:{owner}:{key}`  string: JSON {batch_id, fingerprint} of a submission with an Idempotency-Key
+- `metrics`             hash: cluster-wide counters and histogram buckets (see service/metrics.py), no expiry
+- `worker:{name}`       hash: a live model process and the model it serves, expiring WORKER_TTL after its
+                        last heartbeat
 
 Every transition runs as one Lua script, so status, registries, image deletion and notification never disagree.
 """
 
+import hashlib
 import json
 import time
 import uuid
@@ -22,9 +27,12 @@ from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 
 PREFIX = "pneuradnet"
 QUEUED_REGISTRY = f"{PREFIX}:registry:queued"
+METRICS = f"{PREFIX}:metrics"
 RUNNING_REGISTRY = f"{PREFIX}:registry:running"
 
 
@@ -46,6 +54,22 @@ def batch_key(batch_id: str) -> str:
 
 def batch_jobs_key(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    return f"{PREFIX}:idempotency:{owner}:{key}"
+
+
+def worker_key(name: str) -> str:
+    return f"{PREFIX}:worker:{name}"
+
+
+WORKER_TTL = 30
+"""Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key already names a submission of other files."""
 
 
 class JobStatus(StrEnum):
@@ -84,6 +108,7 @@ if target == 'running' then
 else
   redis.call('DEL', KEYS[2])
 end
+redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
 return {1, status}
 """
@@ -102,6 +127,8 @@ class Job:
     error: dict[str, Any] | None = None
     deliveries: int = 0
     owner: str = ""
+    worker: str = ""
+    """The model process that last took the job."""
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Job":
@@ -117,6 +144,7 @@ class Job:
             error=json.loads(fields["error"]) if fields.get("error") else None,
             deliveries=int(fields.get("deliveries", 0)),
             owner=fields.get("owner", ""),
+            worker=fields.get("worker", ""),
         )
 
 
@@ -148,14 +176,39 @@ class JobStore:
         self.redis.close()
         self._raw.close()
 
-    def create_batch(self, uploads: Sequence[Upload], *, owner: str = "") -> tuple[Batch, list[Job]]:
-        """Store a batch, its jobs and their images in one transaction; every job starts queued."""
+    def create_batch(self, uploads: Sequence[Upload], *, owner: str = "",
+                     idempotency: str | None = None) -> tuple[Batch, list[Job], bool]:
+        """Store a batch, its jobs and their images in one transaction; every job starts queued.
+
+        With an idempotency key, a repeat of the same uploads returns the batch first created (and False:
+        nothing new to enqueue); other uploads under a used key raise IdempotencyConflict.
+        """
+        fingerprint = _fingerprint(uploads)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if idempotency is not None:
+                        pipe.watch(idempotency_key(owner, idempotency))
+                        earlier = pipe.get(idempotency_key(owner, idempotency))
+                        if earlier is not None:
+                            pipe.reset()
+                            return (*self._repeat(json.loads(earlier), fingerprint, idempotency), False)
+                    batch, jobs = self._new_batch(pipe, uploads, owner=owner)
+                    if idempotency is not None:
+                        pipe.set(idempotency_key(owner, idempotency),
+                                 json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}), ex=self.ttl)
+                    pipe.execute()
+                    return batch, jobs, True
+                except WatchError:
+                    continue  # the same key was used concurrently: read what it holds now
+
+    def _new_batch(self, pipe: Pipeline, uploads: Sequence[Upload], *, owner: str) -> tuple[Batch, list[Job]]:
         created_at = now_iso()
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=len(uploads), owner=owner)
         jobs = [Job(id=str(uuid.uuid4()), batch_id=batch.id, status=JobStatus.QUEUED, filename=upload.filename,
                     created_at=created_at, owner=owner) for upload in uploads]
         score = time.time()
-        pipe = self.redis.pipeline(transaction=True)
+        pipe.multi()
         pipe.hset(batch_key(batch.id), mapping={"created_at": created_at, "total": batch.total, "owner": owner})
         pipe.expire(batch_key(batch.id), self.ttl)
         if jobs:
@@ -166,8 +219,16 @@ class JobStore:
             pipe.expire(job_key(job.id), self.ttl)
             pipe.set(image_key(job.id), upload.data, ex=self.ttl)
             pipe.zadd(QUEUED_REGISTRY, {job.id: score})
-        pipe.execute()
+        pipe.hincrby(METRICS, "jobs_submitted", len(jobs))
         return batch, jobs
+
+    def _repeat(self, earlier: dict[str, str], fingerprint: str, key: str) -> tuple[Batch, list[Job]]:
+        if earlier["fingerprint"] != fingerprint:
+            raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for other files")
+        batch = self.get_batch(earlier["batch_id"])
+        if batch is None:
+            raise IdempotencyConflict(f"the batch of Idempotency-Key {key!r} has expired; use a new key")
+        return batch, self.get_jobs(self.batch_job_ids(batch.id))
 
     def get_job(self, job_id: str) -> Job | None:
         fields = self.redis.hgetall(job_key(job_id))
@@ -200,9 +261,9 @@ class JobStore:
     def image(self, job_id: str) -> bytes | None:
         return self._raw.get(image_key(job_id))
 
-    def start(self, job_id: str, *, deadline: float) -> Job | None:
+    def start(self, job_id: str, *, deadline: float, worker: str = "") -> Job | None:
         """Mark a queued (or redelivered running) job as running; None if it is gone or no longer runnable."""
-        if not self._move(job_id, JobStatus.RUNNING, score=deadline, started_at=now_iso()):
+        if not self._move(job_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(), worker=worker):
             return None
         return self.get_job(job_id)
 
@@ -215,17 +276,50 @@ class JobStore:
     def cancel(self, job_id: str) -> bool:
         return self._move(job_id, JobStatus.CANCELED, finished_at=now_iso())
 
+    def cancel_batch(self, batch_id: str) -> int:
+        """Cancel every job of the batch that has not started; how many were canceled."""
+        return sum(self.cancel(job_id) for job_id in self.batch_job_ids(batch_id))
+
     def queued_count(self) -> int:
         return self.redis.zcard(QUEUED_REGISTRY)
+
+    def running_count(self) -> int:
+        return self.redis.zcard(RUNNING_REGISTRY)
+
+    def announce_worker(self, name: str, info: dict[str, str]) -> None:
+        """Say (again) that this model process is alive and what it serves; call every WORKER_TTL / 3."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(worker_key(name), mapping={**info, "name": name, "seen_at": now_iso()})
+            pipe.expire(worker_key(name), WORKER_TTL)
+            pipe.execute()
+
+    def retire_worker(self, name: str) -> None:
+        self.redis.delete(worker_key(name))
+
+    def live_workers(self) -> list[dict[str, str]]:
+        names = list(self.redis.scan_iter(worker_key("*"), count=1000))
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(name)
+        return [info for info in pipe.execute() if info]
 
     def _move(self, job_id: str, target: JobStatus, *, score: float = 0.0, **fields: str) -> bool:
         allowed = "," + ",".join(ALLOWED_FROM[target]) + ","
         pairs = [item for pair in fields.items() for item in pair]
         moved, _ = self._transition(
-            keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY],
+            keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS],
             args=[job_id, allowed, target.value, score, job_channel(job_id), *pairs],
         )
         return bool(moved)
+
+
+def _fingerprint(uploads: Sequence[Upload]) -> str:
+    digest = hashlib.sha256()
+    for upload in uploads:
+        for part in (upload.filename.encode(), upload.data):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.hexdigest()
 
 
 def _job_fields(job: Job) -> dict[str, str]:

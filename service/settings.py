@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, gt=0)
     """Times a job may be handed to a worker; a job whose worker keeps dying fails after this many."""
 
+    max_queue: int = Field(default=10_000, gt=0)
+    """Most jobs waiting in the queue; beyond it POST /jobs answers 429 and enqueues nothing."""
+    api_keys: str = Field(default="", repr=False)
+    """Comma-separated keys; when set, every route but health needs `Authorization: Bearer <key>`."""
+
     port: int = 8000
     log_level: str = "INFO"
 
@@ -52,6 +57,10 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("MODEL_MANIFEST must name a manifest")
         return value
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
     @property
     def inference_threads(self) -> int:

@@ -12,6 +12,9 @@ from service.settings import Settings, get_settings
 QUEUE = "pneuradnet"
 CLASSIFY_TASK = "pneuradnet.classify"
 
+HARD_LIMIT_MARGIN = 10
+"""Seconds past JOB_TIMEOUT after which a task's process is killed rather than asked to stop."""
+
 VISIBILITY_MARGIN = 30
 """Seconds the broker waits beyond JOB_TIMEOUT before it hands an unacknowledged task to another worker."""
 
@@ -31,7 +34,11 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,
-        task_time_limit=settings.job_timeout,
+        # At JOB_TIMEOUT the task fails its unfinished jobs; a child stuck past the hard limit is killed, its
+        # task left unacknowledged and so redelivered, until MAX_DELIVERIES fails its jobs.
+        task_soft_time_limit=settings.job_timeout,
+        task_time_limit=settings.job_timeout + HARD_LIMIT_MARGIN,
+        task_acks_on_failure_or_timeout=False,
         # The redis transport re-delivers an unacknowledged task after the visibility timeout (default 1 h):
         # keep it just above the longest a task may run, and look for such tasks often.
         broker_transport_options={

@@ -7,20 +7,22 @@ is left running.
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 from pneuradnet.classifier import Classifier, PreparedImage
 from pneuradnet.errors import InvalidImageError
 from pneuradnet.results import Prediction
 from service.jobstore import Job, JobStore
+from service.metrics import observe
 from service.problems import problem
 
 log = logging.getLogger(__name__)
 
 
 def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, job_timeout: float,
-                 max_deliveries: int) -> None:
+                 max_deliveries: int, worker: str = "") -> None:
     deadline = time.time() + job_timeout
-    claimed = [job for job in (store.start(job_id, deadline=deadline) for job_id in job_ids) if job is not None]
+    claimed = [job for job_id in job_ids if (job := store.start(job_id, deadline=deadline, worker=worker))]
     prepared: list[tuple[Job, PreparedImage]] = []
     for job in claimed:
         if job.deliveries > max_deliveries:
@@ -31,8 +33,10 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
         image = _prepare(store, classifier, job)
         if image is not None:
             prepared.append((job, image))
+    observe(store, "queue_wait_seconds", [_seconds_since(job.created_at) for job in claimed])
     if not prepared:
         return
+    started = time.perf_counter()
     try:
         predictions = classifier.predict([image for _, image in prepared])
     except Exception as error:
@@ -41,9 +45,18 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
             _fail(store, job, problem("inference-failed", "Inference failed", 500,
                                       f"the model could not classify this image ({type(error).__name__})"))
         return
+    observe(store, "inference_seconds", [time.perf_counter() - started])
+    observe(store, "batch_size", [len(prepared)])
     for (job, _), prediction in zip(prepared, predictions, strict=True):
         store.succeed(job.id, result_record(prediction))
         log.info("job %s succeeded: %s %.4f", job.id, prediction.predicted_class, prediction.confidence)
+
+
+def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> None:
+    """Fail every job of the chunk that has not finished, e.g. when the task ran out of time."""
+    for job in store.get_jobs(job_ids):
+        if not job.status.finished:
+            _fail(store, job, error)
 
 
 def _prepare(store: JobStore, classifier: Classifier, job: Job) -> PreparedImage | None:
@@ -61,6 +74,10 @@ def _prepare(store: JobStore, classifier: Classifier, job: Job) -> PreparedImage
         _fail(store, job, problem("invalid-image", "Invalid image", 422,
                                   f"the image could not be decoded ({type(error).__name__})"))
     return None
+
+
+def _seconds_since(timestamp: str) -> float:
+    return max(0.0, time.time() - datetime.fromisoformat(timestamp).timestamp())
 
 
 def _fail(store: JobStore, job: Job, error: dict) -> None:

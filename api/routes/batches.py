@@ -7,9 +7,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import OwnerDep
 from api.deps import StoreDep
 from api.problems import ProblemError
-from api.schemas import BatchPublic, JobPublic
+from api.schemas import BatchPublic, CancelResult, JobPublic
 from service.jobstore import Batch, Job, JobStatus, JobStore
 
 router = APIRouter(tags=["batches"])
@@ -23,18 +24,31 @@ MAX_PAGE_SIZE = 1000
 async def get_batch(
     batch_id: UUID,
     store: StoreDep,
+    owner: OwnerDep,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(pattern=r"^\d{1,9}$", description="From the previous page")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="csv: one row per image, every job")] = "json",
 ) -> BatchPublic | Response:
-    batch = await run_in_threadpool(store.get_batch, str(batch_id))
-    if batch is None:
-        raise ProblemError(404, "batch-not-found", f"there is no batch {batch_id} (or it has expired)")
+    batch = await owned_batch(store, str(batch_id), owner)
     if format == "csv":
         jobs = await run_in_threadpool(_jobs_of, store, batch.id, 0, -1)
         return Response(_to_csv(jobs), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"'})
     return await run_in_threadpool(_page, store, batch, int(page_token or 0), page_size)
+
+
+@router.delete("/batches/{batch_id}", response_model=CancelResult)
+async def cancel_batch(batch_id: UUID, store: StoreDep, owner: OwnerDep) -> CancelResult:
+    """Cancel every job of the batch that has not started; running and finished jobs are left as they are."""
+    batch = await owned_batch(store, str(batch_id), owner)
+    return CancelResult(batch_id=batch.id, canceled=await run_in_threadpool(store.cancel_batch, batch.id))
+
+
+async def owned_batch(store: JobStore, batch_id: str, owner: str) -> Batch:
+    batch = await run_in_threadpool(store.get_batch, batch_id)
+    if batch is None or batch.owner != owner:
+        raise ProblemError(404, "batch-not-found", f"there is no batch {batch_id} (or it has expired)")
+    return batch
 
 
 def _page(store: JobStore, batch: Batch, offset: int, page_size: int) -> BatchPublic:

@@ -1,9 +1,57 @@
-from fastapi import APIRouter
+from typing import Any
 
-router = APIRouter(tags=["health"])
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import OwnerDep
+from api.deps import StoreDep
+from api.problems import REDIS_RETRY_AFTER, problem_response
+from service.jobstore import JobStore
+
+router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """The process is alive (it says nothing of Redis or the workers)."""
     return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Redis does not answer, or no worker has loaded a model"}})
+async def readyz(store: StoreDep) -> JSONResponse:
+    """Ready when Redis answers and at least one worker process has loaded its model."""
+    try:
+        workers = await run_in_threadpool(_live_workers, store)
+    except Exception:
+        return problem_response(503, "not-ready", "the job store (Redis) does not answer",
+                                {"Retry-After": str(REDIS_RETRY_AFTER)})
+    if not workers:
+        return problem_response(503, "not-ready", "no worker is alive with a loaded model: jobs would wait",
+                                {"Retry-After": str(REDIS_RETRY_AFTER)})
+    return JSONResponse({"status": "ready", "workers": len(workers)})
+
+
+@router.get("/models")
+async def models(store: StoreDep, _: OwnerDep) -> dict[str, list[dict[str, Any]]]:
+    """The models the live workers serve, one entry per model file, with how many processes serve it."""
+    served: dict[tuple[str, str], dict[str, Any]] = {}
+    for worker in await run_in_threadpool(store.live_workers):
+        entry = served.setdefault((worker["model_name"], worker["sha256"]), {
+            "name": worker["model_name"], "version": worker["model_version"], "sha256": worker["sha256"],
+            "labels": worker["labels"].split(","), "runtime": worker["runtime"], "workers": 0})
+        entry["workers"] += 1
+    return {"models": list(served.values())}
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of the whole service: every worker's work, read from Redis at scrape time."""
+    registry: CollectorRegistry = request.app.state.metrics
+    return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _live_workers(store: JobStore) -> list[dict[str, str]]:
+    store.redis.ping()
+    return store.live_workers()

@@ -1,14 +1,16 @@
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, File, Header, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError
 from api.schemas import JobPublic, SubmitResponse
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
+from service.jobstore import Job, JobStore
 
 router = APIRouter(tags=["jobs"])
 
@@ -25,12 +27,15 @@ async def submit_jobs(
     settings: SettingsDep,
     store: StoreDep,
     batcher: BatcherDep,
+    owner: OwnerDep,
     files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG) or ZIP archives of them")] = [],  # noqa: B006
     file: Annotated[UploadFile | None, File(description="One image; accepted for old clients")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="Repeat-safe submission")] = None,
 ) -> SubmitResponse:
     uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
                                  max_files=settings.max_files_per_request)
-    batch, jobs = await submit_batch(store, batcher, uploads)
+    batch, jobs = await submit_batch(store, batcher, uploads, owner=owner, idempotency=idempotency_key,
+                                     max_queue=settings.max_queue)
     response.headers["Location"] = f"/batches/{batch.id}"
     return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
 
@@ -41,14 +46,30 @@ async def get_job(
     response: Response,
     store: StoreDep,
     redis: AsyncRedisDep,
+    owner: OwnerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait for the job to finish")] = 0,
 ) -> JobPublic:
-    if wait:
-        job = await wait_for_job(store, redis, str(job_id), timeout=wait)
-    else:
-        job = await run_in_threadpool(store.get_job, str(job_id))
-    if job is None:
-        raise ProblemError(404, "job-not-found", f"there is no job {job_id} (or it has expired)")
+    job = await owned_job(store, str(job_id), owner)
+    if wait and not job.status.finished:
+        job = await wait_for_job(store, redis, job.id, timeout=wait) or job
     if not job.status.finished:
         response.headers["Retry-After"] = str(POLL_AFTER)
     return JobPublic.of(job)
+
+
+@router.delete("/jobs/{job_id}", response_model=JobPublic)
+async def cancel_job(job_id: UUID, store: StoreDep, owner: OwnerDep) -> JobPublic:
+    """Cancel a job that has not started; a canceled job never runs."""
+    job = await owned_job(store, str(job_id), owner)
+    if not await run_in_threadpool(store.cancel, job.id):
+        current = await owned_job(store, job.id, owner)
+        raise ProblemError(409, "not-cancelable", f"job {job.id} is {current.status.value}: only a queued job "
+                           "can be canceled")
+    return JobPublic.of(await owned_job(store, job.id, owner))
+
+
+async def owned_job(store: JobStore, job_id: str, owner: str) -> Job:
+    job = await run_in_threadpool(store.get_job, job_id)
+    if job is None or job.owner != owner:  # another key's job is as unknown as a missing one
+        raise ProblemError(404, "job-not-found", f"there is no job {job_id} (or it has expired)")
+    return job

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
+from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError
 from api.schemas import LegacyPrediction
@@ -21,10 +22,12 @@ async def predict(
     store: StoreDep,
     redis: AsyncRedisDep,
     batcher: BatcherDep,
+    owner: OwnerDep,
     file: Annotated[UploadFile, File(description="One image (PNG or JPEG)")],
 ) -> LegacyPrediction:
     uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes, max_files=1)
-    _, (submitted,) = await submit_batch(store, batcher, uploads)
+    _, (submitted,) = await submit_batch(store, batcher, uploads, owner=owner,
+                                             max_queue=settings.max_queue)
     job = await wait_for_job(store, redis, submitted.id, timeout=settings.predict_timeout)
     if job is None:
         raise ProblemError(500, "job-lost", f"job {submitted.id} disappeared before it finished")

@@ -69,7 +69,7 @@ def test_a_long_poll_answers_within_a_second_of_completion(client: httpx.Client,
 
 
 def test_an_unfinished_job_tells_the_client_when_to_poll_again(client: httpx.Client, store: JobStore):
-    _, (job,) = store.create_batch([Upload("never-enqueued.png", b"\x89PNG")])
+    _, (job,), _ = store.create_batch([Upload("never-enqueued.png", b"\x89PNG")])
 
     started = time.monotonic()
     answer = client.get(f"/jobs/{job.id}", params={"wait": 0.5})

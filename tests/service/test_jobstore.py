@@ -18,12 +18,12 @@ def test_key_formats_are_pinned():
 
 
 def submit(store: JobStore, *names: str) -> list[jobstore.Job]:
-    _, jobs = store.create_batch([Upload(filename=name, data=f"bytes of {name}".encode()) for name in names])
+    _, jobs, _ = store.create_batch([Upload(filename=name, data=f"bytes of {name}".encode()) for name in names])
     return jobs
 
 
 def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore):
-    batch, jobs = store.create_batch([Upload("a.png", b"\x89PNG a"), Upload("b.jpeg", b"\xff\xd8 b")])
+    batch, jobs, _ = store.create_batch([Upload("a.png", b"\x89PNG a"), Upload("b.jpeg", b"\xff\xd8 b")])
 
     assert store.get_batch(batch.id).total == 2
     assert store.batch_job_ids(batch.id) == [job.id for job in jobs]

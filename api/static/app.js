@@ -1,0 +1,505 @@
+// The PNEURADNET web page: drop radiographs (or ZIP archives of them), follow each job live, then read, sort,
+// filter and export the results. Plain modern JavaScript: no dependencies, no build step, nothing fetched from
+// anywhere but this service. Every call to the API goes through `api()`.
+"use strict";
+
+/** How often an unfinished batch is polled while the page is visible. */
+const POLL_INTERVAL_MS = 1000;
+/** How often it is polled while the tab is in the background. */
+const HIDDEN_POLL_INTERVAL_MS = 5000;
+/** Longest wait between polls after errors (the wait doubles from POLL_INTERVAL_MS, or follows Retry-After). */
+const MAX_RETRY_MS = 30000;
+/** Jobs per GET /batches/{id} page: the API's maximum. */
+const PAGE_SIZE = 1000;
+/** The API tells an archive from an image by these first bytes, not by its name; the page does the same. */
+const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
+/** The "Show" filter's value for files without a result. */
+const FAILED_FILTER = "__failed";
+
+const FINISHED = new Set(["succeeded", "failed", "canceled", "rejected", "expired"]);
+const STATUS_TEXT = {
+  uploading: "Uploading",
+  queued: "Queued",
+  running: "Running",
+  succeeded: "Done",
+  failed: "Failed",
+  canceled: "Canceled",
+  rejected: "Not uploaded",
+  expired: "Expired",
+};
+const STATUS_RANK = { failed: 0, rejected: 0, expired: 0, canceled: 1, uploading: 2, queued: 2, running: 2, succeeded: 3 };
+
+const percent = new Intl.NumberFormat(undefined, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
+const byName = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+
+// --- The API ---------------------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, detail, retryAfter = null) {
+    super(detail);
+    this.status = status;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Headers that authenticate a request. None yet: when the API gets access control, add them here, e.g.
+ * `{ Authorization: `Bearer ${token}` }`, and every call below carries them. (The CSV export is a plain link;
+ * it would then have to be fetched through `api()` and saved as a Blob, like the JSON export.) */
+function authHeaders() {
+  return {};
+}
+
+/** Calls the API at `path` (relative to the page, so the page works behind a path prefix too) and returns its
+ * JSON; an error answer (RFC 9457 problem+json) or no answer at all is thrown as an ApiError with its detail. */
+async function api(path, { method = "GET", body } = {}) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      body,
+      cache: "no-store",
+      headers: { Accept: "application/json, application/problem+json", ...authHeaders() },
+    });
+  } catch {
+    throw new ApiError(0, "the service does not answer; check the network connection");
+  }
+  const isJson = (response.headers.get("Content-Type") || "").includes("json");
+  const data = isJson ? await response.json().catch(() => null) : null;
+  if (!response.ok) {
+    const detail = data?.detail || `${response.status} ${response.statusText}`.trim();
+    throw new ApiError(response.status, detail, Number(response.headers.get("Retry-After")) || null);
+  }
+  return data;
+}
+
+/** Every job of a batch, following the pages. */
+async function fetchBatchJobs(batchId) {
+  const jobs = [];
+  let token = null;
+  do {
+    const query = new URLSearchParams({ page_size: String(PAGE_SIZE), ...(token ? { page_token: token } : {}) });
+    const page = await api(`batches/${encodeURIComponent(batchId)}?${query}`);
+    jobs.push(...page.jobs);
+    token = page.next_page_token;
+  } while (token);
+  return jobs;
+}
+
+// --- State -----------------------------------------------------------------------------------------------------
+// A row is one tile of the list: an image file (with its thumbnail), a ZIP archive waiting for its jobs, or a job
+// that came out of an archive. `state.rows` is kept in upload order, which is the batch's (and the CSV's) order.
+
+const state = {
+  rows: [],
+  batches: [],
+  labels: [],
+  nextKey: 0,
+  generation: 0, // bumped by "Clear results": polling loops of an older generation stop
+};
+const rowsByJobId = new Map();
+const elements = new Map(); // row key -> <li>
+
+function newRow(fields) {
+  return { key: state.nextKey++, kind: "image", name: "", thumb: null, archive: "", status: "uploading",
+    job: null, message: "", dirty: true, ...fields };
+}
+
+function setJob(row, job) {
+  row.job = job;
+  row.status = job.status;
+  row.message = job.error?.detail || "";
+  row.dirty = true;
+  rowsByJobId.set(job.id, row);
+}
+
+// --- Uploading -------------------------------------------------------------------------------------------------
+
+async function isZip(file) {
+  const head = new Uint8Array(await file.slice(0, ZIP_MAGIC.length).arrayBuffer());
+  return ZIP_MAGIC.every((byte, i) => head[i] === byte);
+}
+
+async function submit(fileList) {
+  const files = [...fileList];
+  if (!files.length) return;
+  hideUploadError();
+  const zipFlags = await Promise.all(files.map(isZip));
+  // Images are sent first and archives last, so the first jobs answer the images one for one (the API keeps the
+  // order) and everything after them came out of the archives: a thumbnail is never put next to another's result.
+  const images = files.filter((_, i) => !zipFlags[i]);
+  const archives = files.filter((_, i) => zipFlags[i]);
+  const imageRows = images.map((file) => newRow({ name: file.name, thumb: URL.createObjectURL(file) }));
+  const archiveRows = archives.map((file) => newRow({ kind: "zip", name: file.name,
+    message: "Unpacking on the server…" }));
+  state.rows.push(...imageRows, ...archiveRows);
+  render();
+
+  const form = new FormData();
+  for (const file of [...images, ...archives]) form.append("files", file, file.name);
+  const generation = state.generation;
+  let answer;
+  try {
+    answer = await api("jobs", { method: "POST", body: form });
+  } catch (error) {
+    if (generation !== state.generation) return;
+    for (const row of [...imageRows, ...archiveRows]) {
+      Object.assign(row, { status: "rejected", message: error.detail, dirty: true });
+    }
+    showUploadError(`The upload was refused: ${error.detail}`);
+    render();
+    return;
+  }
+  if (generation !== state.generation) return;
+  imageRows.forEach((row, i) => setJob(row, answer.jobs[i]));
+  replaceArchiveRows(archiveRows, answer.jobs.slice(imageRows.length));
+  const batch = { id: answer.batch_id, jobIds: answer.jobs.map((job) => job.id) };
+  state.batches.push(batch);
+  render();
+  pollBatch(batch, generation);
+}
+
+/** Puts one row per job in place of the archives' placeholder tiles. */
+function replaceArchiveRows(archiveRows, jobs) {
+  if (!archiveRows.length) return;
+  const archive = archiveRows.length === 1 ? archiveRows[0].name : "";
+  const jobRows = jobs.map((job) => {
+    const row = newRow({ kind: "member", name: job.filename, archive });
+    setJob(row, job);
+    return row;
+  });
+  const at = state.rows.indexOf(archiveRows[0]);
+  state.rows = state.rows.filter((row) => !archiveRows.includes(row));
+  state.rows.splice(at, 0, ...jobRows);
+  for (const row of archiveRows) removeElement(row);
+}
+
+// --- Polling ---------------------------------------------------------------------------------------------------
+// Why poll the batch every second rather than long-poll each job (GET /jobs/{id}?wait=20): one request covers
+// the whole batch whatever its size, where a drop of 500 images would hold 500 long-polls open, far more than the
+// six connections a browser gives one host over HTTP/1.1, queueing the next upload behind them. The batch answer
+// also carries every job's result, so nothing else is fetched; a second of delay is nothing next to reading an
+// image; and the loop stops as soon as every job has finished (it slows down while the tab is hidden).
+
+async function pollBatch(batch, generation) {
+  let delay = POLL_INTERVAL_MS;
+  for (;;) {
+    await sleep(document.hidden ? Math.max(delay, HIDDEN_POLL_INTERVAL_MS) : delay);
+    if (generation !== state.generation) return;
+    let jobs;
+    try {
+      jobs = await fetchBatchJobs(batch.id);
+    } catch (error) {
+      if (generation !== state.generation) return;
+      if (error.status === 404) {
+        expire(batch.jobIds, error.detail);
+        return;
+      }
+      delay = error.retryAfter ? error.retryAfter * 1000 : Math.min(MAX_RETRY_MS, delay * 2);
+      showConnectionWarning(`Could not refresh the results (${error.detail}); trying again in ${Math.round(delay / 1000)} s.`);
+      continue;
+    }
+    if (generation !== state.generation) return;
+    showConnectionWarning("");
+    delay = POLL_INTERVAL_MS;
+    for (const job of jobs) {
+      const row = rowsByJobId.get(job.id);
+      if (row && (row.job.status !== job.status || row.job.finished_at !== job.finished_at)) setJob(row, job);
+    }
+    const seen = new Set(jobs.map((job) => job.id));
+    expire(batch.jobIds.filter((id) => !seen.has(id)), "the service no longer has this job (it has expired)");
+    render();
+    if (batch.jobIds.every((id) => FINISHED.has(rowsByJobId.get(id)?.status))) return;
+  }
+}
+
+function expire(jobIds, detail) {
+  for (const id of jobIds) {
+    const row = rowsByJobId.get(id);
+    if (row && !FINISHED.has(row.status)) Object.assign(row, { status: "expired", message: detail, dirty: true });
+  }
+  render();
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// --- Sorting and filtering -------------------------------------------------------------------------------------
+
+const SORTS = {
+  upload: () => 0,
+  class: (a, b) => compareResults(a, b, (x, y) => byName.compare(x.predicted_class, y.predicted_class)
+    || y.confidence - x.confidence),
+  "confidence-desc": (a, b) => compareResults(a, b, (x, y) => y.confidence - x.confidence),
+  "confidence-asc": (a, b) => compareResults(a, b, (x, y) => x.confidence - y.confidence),
+  status: (a, b) => STATUS_RANK[a.status] - STATUS_RANK[b.status],
+};
+
+/** Rows with a result first, ordered by `compare`; the others after them, in upload order. */
+function compareResults(a, b, compare) {
+  const x = a.job?.result;
+  const y = b.job?.result;
+  if (x && y) return compare(x, y);
+  return (x ? 0 : 1) - (y ? 0 : 1);
+}
+
+function visibleRows() {
+  const sort = document.getElementById("sort").value;
+  const shown = document.getElementById("class-filter").value;
+  const belowText = document.getElementById("confidence-below").value;
+  const below = belowText === "" ? null : Number(belowText) / 100;
+  const rows = state.rows.filter((row) => {
+    const result = row.job?.result;
+    if (shown === FAILED_FILTER && !["failed", "rejected", "expired", "canceled"].includes(row.status)) return false;
+    if (shown && shown !== FAILED_FILTER && result?.predicted_class !== shown) return false;
+    if (below !== null && !Number.isNaN(below) && !(result && result.confidence < below)) return false;
+    return true;
+  });
+  // Array.prototype.sort is stable, so ties (and rows without results) keep their upload order.
+  return rows.sort(SORTS[sort] || SORTS.upload);
+}
+
+// --- Rendering -------------------------------------------------------------------------------------------------
+
+function render() {
+  const section = document.getElementById("results-section");
+  section.hidden = state.rows.length === 0;
+  updateLabels();
+  for (const row of state.rows) {
+    if (row.dirty) renderRow(row);
+  }
+  const list = document.getElementById("results");
+  const shown = visibleRows();
+  const wanted = shown.map((row) => elements.get(row.key));
+  const current = [...list.children];
+  if (wanted.length !== current.length || wanted.some((element, i) => element !== current[i])) {
+    list.replaceChildren(...wanted);
+  }
+  document.getElementById("shown-count").textContent = state.rows.length === shown.length
+    ? "" : `Showing ${shown.length} of ${state.rows.length} files.`;
+  renderProgress();
+  renderExports();
+}
+
+function renderRow(row) {
+  row.dirty = false;
+  let item = elements.get(row.key);
+  if (!item) {
+    item = element("li", { className: "result" });
+    item.append(renderThumb(row), element("div", { className: "result-body" }));
+    elements.set(row.key, item);
+  }
+  item.dataset.status = row.status;
+  item.dataset.kind = row.kind;
+  if (row.job) item.dataset.jobId = row.job.id;
+
+  const heading = element("div", { className: "result-head" },
+    element("h3", { className: "filename", title: row.name }, row.name),
+    element("span", { className: `status status--${row.status}` }, statusText(row)));
+  const body = [heading];
+  if (row.kind === "member" && row.archive) body.push(element("p", { className: "archive" }, `from ${row.archive}`));
+
+  const result = row.job?.result;
+  if (result) {
+    body.push(renderVerdict(result), renderProbabilities(result),
+      element("p", { className: "model" }, `Model ${result.model.name} ${result.model.version}`));
+  } else if (row.message) {
+    const failed = ["failed", "rejected", "expired"].includes(row.status);
+    body.push(element("p", { className: failed ? "error-detail" : "pending-detail" }, sentence(row.message)));
+  }
+  item.querySelector(".result-body").replaceChildren(...body);
+}
+
+function renderThumb(row) {
+  const frame = element("div", { className: "thumb" });
+  if (row.thumb) {
+    const image = element("img", { src: row.thumb, alt: "", decoding: "async" });
+    image.addEventListener("error", () => frame.replaceChildren(placeholder("No preview")), { once: true });
+    frame.append(image);
+  } else {
+    frame.append(placeholder(row.kind === "zip" ? "ZIP" : "From ZIP"));
+  }
+  return frame;
+}
+
+function placeholder(text) {
+  return element("span", { className: "thumb-placeholder" }, text);
+}
+
+function renderVerdict(result) {
+  return element("p", { className: "verdict" },
+    element("span", { className: "predicted-class" }, result.predicted_class),
+    element("span", { className: "confidence" }, `${percent.format(result.confidence)} confidence`));
+}
+
+/** One bar per label, in the model's label order; the labels come from the result, never from the page. */
+function renderProbabilities(result) {
+  const list = element("ul", { className: "probabilities", ariaLabel: "Probability of each class" });
+  result.labels.forEach((label, i) => {
+    const probability = result.predictions[i];
+    const fill = element("span", { className: "bar-fill" });
+    fill.style.width = `${Math.max(0, Math.min(1, probability)) * 100}%`;
+    const item = element("li", { className: "probability" },
+      element("span", { className: "probability-label" }, label),
+      element("span", { className: "bar", ariaHidden: "true" }, fill),
+      element("span", { className: "probability-value" }, percent.format(probability)));
+    if (label === result.predicted_class) item.classList.add("is-predicted");
+    list.append(item);
+  });
+  return list;
+}
+
+function statusText(row) {
+  if (row.kind === "zip" && row.status === "uploading") return "Uploading archive";
+  return STATUS_TEXT[row.status] || row.status;
+}
+
+/** "not an image: send PNG or JPEG" -> "Not an image: send PNG or JPEG." */
+function sentence(text) {
+  const trimmed = text.trim();
+  const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?…]$/.test(capital) ? capital : `${capital}.`;
+}
+
+function updateLabels() {
+  const labels = [...new Set(state.rows.flatMap((row) => row.job?.result?.labels || []))];
+  if (labels.join("\n") === state.labels.join("\n")) return;
+  state.labels = labels;
+  const select = document.getElementById("class-filter");
+  const selected = select.value;
+  select.replaceChildren(
+    new Option("All files", ""),
+    ...labels.map((label) => new Option(`Predicted ${label}`, label)),
+    new Option("Failed (no result)", FAILED_FILTER));
+  select.value = [...select.options].some((option) => option.value === selected) ? selected : "";
+}
+
+function renderProgress() {
+  const counts = {};
+  for (const row of state.rows) counts[row.status] = (counts[row.status] || 0) + 1;
+  const total = state.rows.length;
+  const finished = state.rows.filter((row) => FINISHED.has(row.status)).length;
+  const progress = document.getElementById("progress");
+  progress.max = Math.max(total, 1);
+  progress.value = finished;
+
+  const parts = ["running", "queued", "uploading", "succeeded", "failed", "rejected", "expired", "canceled"]
+    .filter((status) => counts[status])
+    .map((status) => `${counts[status]} ${status === "succeeded" ? "done" : STATUS_TEXT[status].toLowerCase()}`);
+  const text = finished === total
+    ? `All ${total} ${total === 1 ? "file" : "files"} finished: ${parts.join(", ")}.`
+    : `${finished} of ${total} finished: ${parts.join(", ")}.`;
+  const line = document.getElementById("progress-text");
+  // The region is aria-live: write only on change, so a screen reader is not told the same thing every second.
+  if (line.textContent !== text) line.textContent = text;
+  document.getElementById("results-section").setAttribute("aria-busy", String(finished !== total));
+}
+
+function renderExports() {
+  const links = state.batches.map((batch, i) => {
+    const name = state.batches.length === 1 ? "Download CSV" : `CSV, batch ${i + 1} (${batch.jobIds.length})`;
+    return element("a", { className: "button", href: `batches/${encodeURIComponent(batch.id)}?format=csv`,
+      download: `pneuradnet-${batch.id}.csv` }, name);
+  });
+  const container = document.getElementById("csv-links");
+  if (container.childElementCount !== links.length) container.replaceChildren(...links);
+  document.getElementById("download-json").disabled = !state.rows.some((row) => row.job);
+}
+
+/** The jobs as the API gave them, in upload order, with the notice, as a JSON file made in the browser. */
+function downloadJson() {
+  const jobs = state.rows.filter((row) => row.job).map((row) => row.job);
+  const payload = { notice: noticeText(), exported_at: new Date().toISOString(),
+    batch_ids: state.batches.map((batch) => batch.id), jobs };
+  const url = URL.createObjectURL(new Blob([JSON.stringify(payload, null, 2)], { type: "application/json" }));
+  const link = element("a", { href: url, download: `pneuradnet-results-${timestamp()}.json` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
+function noticeText() {
+  return document.querySelector("#notice strong").textContent.trim();
+}
+
+function timestamp() {
+  return new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
+}
+
+function clearResults() {
+  state.generation += 1;
+  for (const row of state.rows) if (row.thumb) URL.revokeObjectURL(row.thumb);
+  state.rows = [];
+  state.batches = [];
+  rowsByJobId.clear();
+  elements.clear();
+  document.getElementById("results").replaceChildren();
+  showConnectionWarning("");
+  hideUploadError();
+  render();
+  document.getElementById("file-input").focus();
+}
+
+function removeElement(row) {
+  elements.get(row.key)?.remove();
+  elements.delete(row.key);
+}
+
+function showUploadError(text) {
+  const box = document.getElementById("upload-error");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function hideUploadError() {
+  document.getElementById("upload-error").hidden = true;
+}
+
+function showConnectionWarning(text) {
+  const box = document.getElementById("connection-warning");
+  if (box.textContent !== text) box.textContent = text;
+  box.hidden = !text;
+}
+
+/** A DOM element; text always goes in as text, never as HTML (file names come from users and archives). */
+function element(tag, properties = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(properties)) {
+    if (name === "ariaLabel") node.setAttribute("aria-label", value);
+    else if (name === "ariaHidden") node.setAttribute("aria-hidden", value);
+    else node[name] = value;
+  }
+  node.append(...children);
+  return node;
+}
+
+// --- Wiring ----------------------------------------------------------------------------------------------------
+
+function init() {
+  const input = document.getElementById("file-input");
+  const zone = document.getElementById("dropzone");
+  input.addEventListener("change", () => {
+    submit(input.files);
+    input.value = ""; // picking the same files again is a new upload
+  });
+  // A file dropped beside the zone would make the browser open it in place of the page.
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
+  let depth = 0; // dragenter/dragleave fire for every child the pointer crosses
+  zone.addEventListener("dragenter", () => { depth += 1; zone.classList.add("is-dragging"); });
+  zone.addEventListener("dragleave", () => { depth -= 1; if (depth <= 0) zone.classList.remove("is-dragging"); });
+  zone.addEventListener("drop", (event) => {
+    depth = 0;
+    zone.classList.remove("is-dragging");
+    submit(event.dataTransfer.files);
+  });
+  for (const id of ["sort", "class-filter", "confidence-below"]) {
+    document.getElementById(id).addEventListener("input", render);
+  }
+  document.getElementById("download-json").addEventListener("click", downloadJson);
+  document.getElementById("clear").addEventListener("click", clearResults);
+  render();
+}
+
+init();

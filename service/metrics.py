@@ -1,0 +1,59 @@
+"""Cluster-wide metrics kept in Redis, so that one scrape of the API's /metrics shows every worker's work.
+
+Workers add observations to the `pneuradnet:metrics` hash; job counters are counted by the job store's
+transition script itself. The API turns the hash into Prometheus families at scrape time.
+"""
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from service.jobstore import METRICS, JobStatus, JobStore
+
+HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "queue_wait_seconds": ("Time from submission to a worker taking the job",
+                           (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
+    "inference_seconds": ("Time of one batched forward pass",
+                          (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)),
+    "batch_size": ("Images per forward pass", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
+}
+"""Histogram name -> (help, bucket upper bounds)."""
+
+
+def observe(store: JobStore, name: str, values: list[float]) -> None:
+    """Add observations to a histogram in one round trip."""
+    _, buckets = HISTOGRAMS[name]
+    pipe = store.redis.pipeline(transaction=False)
+    for value in values:
+        pipe.hincrby(METRICS, f"{name}:count", 1)
+        pipe.hincrbyfloat(METRICS, f"{name}:sum", value)
+        for bound in buckets:
+            if value <= bound:
+                pipe.hincrby(METRICS, f"{name}:le:{bound:g}", 1)
+    pipe.execute()
+
+
+class StoreCollector(Collector):
+    """Reads the metrics hash and the registries at each scrape."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator:
+        values = {field: float(value) for field, value in self.store.redis.hgetall(METRICS).items()}
+        jobs = CounterMetricFamily("pneuradnet_jobs", "Jobs by event: submitted, or the status they moved to",
+                                   labels=["event"])
+        for event in ("submitted", *(status.value for status in JobStatus if status is not JobStatus.QUEUED)):
+            jobs.add_metric([event], values.get(f"jobs_{event}", 0.0))
+        yield jobs
+        yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker",
+                                value=self.store.queued_count())
+        yield GaugeMetricFamily("pneuradnet_jobs_running", "Jobs a worker holds now", value=self.store.running_count())
+        yield GaugeMetricFamily("pneuradnet_workers_live", "Model processes that announced themselves lately",
+                                value=len(self.store.live_workers()))
+        for name, (description, bounds) in HISTOGRAMS.items():
+            cumulative = [(f"{bound:g}", values.get(f"{name}:le:{bound:g}", 0.0)) for bound in bounds]
+            count = values.get(f"{name}:count", 0.0)
+            yield HistogramMetricFamily(f"pneuradnet_{name}", description, buckets=[*cumulative, ("+Inf", count)],
+                                        sum_value=values.get(f"{name}:sum", 0.0))
