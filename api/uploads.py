@@ -70,7 +70,7 @@ def _read_member(zip_file: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: in
 
 def _is_image_candidate(info: zipfile.ZipInfo) -> bool:
     path = PurePosixPath(info.filename)
-    hidden = any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+    hidden = any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in path.parts)
     return not info.is_dir() and not hidden
 
 

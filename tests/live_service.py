@@ -94,15 +94,13 @@ def worker_process(broker_clean: None, tmp_path_factory: pytest.TempPathFactory)
     stop(process)
 
 
-@pytest.fixture(scope="session")
-def api_url(broker_clean: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def start_api(log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """A real API process on a free port; returns once it answers /healthz."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=service_env(MAX_FILES_PER_REQUEST="40", MAX_UPLOAD_BYTES=str(30 * 1024 * 1024)),
-            stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=service_env(**env), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -114,6 +112,13 @@ def api_url(broker_clean: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     wait_until(answers, timeout=STARTUP_TIMEOUT, what="the API to answer")
     if process.poll() is not None:
         raise RuntimeError(f"the API exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def api_url(broker_clean: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, url = start_api(tmp_path_factory.mktemp("api") / "api.log", MAX_FILES_PER_REQUEST="40",
+                             MAX_UPLOAD_BYTES=str(30 * 1024 * 1024))
     yield url
     stop(process)
 

@@ -1,0 +1,166 @@
+"""Bad input gets a clear problem (4xx) at the API, or a failed job with its reason; never a 500."""
+
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from service.jobstore import JobStore
+
+pytestmark = pytest.mark.model
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few-byte PNG whose header claims width x height: a decompression bomb if anything trusted it."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data[12:29]  # chunk type + 13 bytes of header data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def encoded(image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "gray").save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def assert_problem(answer: httpx.Response, status: int, detail_part: str) -> None:
+    assert answer.status_code == status
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    body = answer.json()
+    assert body["status"] == status and body["title"] and body["type"].startswith("urn:pneuradnet:problem:")
+    assert detail_part in body["detail"]
+
+
+def test_each_bad_image_fails_its_own_job_with_its_reason(client: httpx.Client, radiographs: list[Path]):
+    jpeg = radiographs[0].read_bytes()
+    bad = {
+        "empty.png": (b"", "the file is empty"),
+        "notes.png": (b"these are notes", "not an image: send PNG or JPEG"),
+        "report.png": (b"%PDF-1.7\n1 0 obj << >> endobj", "not an image: send PNG or JPEG"),
+        "cut.jpeg": (jpeg[: len(jpeg) // 2], "truncated JPEG"),
+        "bomb.png": (png_declaring(60000, 60000), "image is 60000x60000, the limit is 50,000,000 pixels"),
+        "anim.gif": (encoded("GIF"), "GIF images are not accepted: send PNG or JPEG"),
+        "scan.tiff": (encoded("TIFF"), "TIFF images are not accepted: send PNG or JPEG"),
+        "photo.webp": (encoded("WEBP"), "WEBP images are not accepted: send PNG or JPEG"),
+    }
+    files = [("files", (name, data)) for name, (data, _) in bad.items()]
+    files.append(("files", (radiographs[0].name, jpeg)))
+
+    submitted = client.post("/jobs", files=files)
+    assert submitted.status_code == 202
+    jobs = [client.get(f"/jobs/{job['id']}", params={"wait": 30}).json() for job in submitted.json()["jobs"]]
+
+    for job in jobs[:-1]:
+        assert job["status"] == "failed", job["filename"]
+        assert job["error"]["status"] == 422
+        assert bad[job["filename"]][1] in job["error"]["detail"], job["filename"]
+    assert jobs[-1]["status"] == "succeeded"
+
+
+def test_an_upload_over_the_byte_limit_is_refused_whole(client: httpx.Client, store: JobStore):
+    answer = client.post("/jobs", files={"files": ("huge.png", b"\0" * (31 * 1024 * 1024))})
+
+    assert_problem(answer, 413, "larger than the limit of 31,457,280 bytes")
+    assert store.queued_count() == 0
+
+
+def test_more_files_than_allowed_are_refused_whole(client: httpx.Client, store: JobStore):
+    files = [("files", (f"{n}.png", b"x")) for n in range(41)]
+
+    answer = client.post("/jobs", files=files)
+
+    assert_problem(answer, 413, "more than 40 images in one request")
+    assert store.queued_count() == 0
+
+
+def test_a_zip_with_folders_junk_and_an_escaping_name_is_read_safely(client: httpx.Client, radiographs: list[Path]):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        zip_file.writestr("scans/", b"")
+        zip_file.write(radiographs[0], f"scans/2024/{radiographs[0].name}")
+        zip_file.writestr("../../etc/evil.jpeg", radiographs[1].read_bytes())
+        zip_file.writestr("scans/readme.txt", b"not an image")
+        zip_file.writestr("__MACOSX/scans/._x.jpeg", b"resource fork")
+
+    jobs = client.post("/jobs", files={"files": ("scans.zip", archive.getvalue())}).json()["jobs"]
+    jobs = [client.get(f"/jobs/{job['id']}", params={"wait": 30}).json() for job in jobs]
+
+    assert [job["filename"] for job in jobs] == [f"scans/2024/{radiographs[0].name}", "etc/evil.jpeg",
+                                                 "scans/readme.txt"]
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded", "failed"]
+    assert jobs[2]["error"]["detail"] == "not an image: send PNG or JPEG"
+
+
+def test_a_zip_bomb_is_refused(client: httpx.Client, store: JobStore):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zip_file:
+        zip_file.writestr("bomb.png", b"\0" * (20 * 1024 * 1024))
+
+    answer = client.post("/jobs", files={"files": ("bomb.zip", archive.getvalue())})
+
+    assert_problem(answer, 422, "refused as a ZIP bomb")
+    assert store.queued_count() == 0
+
+
+def test_a_broken_zip_is_refused(client: httpx.Client):
+    answer = client.post("/jobs", files={"files": ("cut.zip", b"PK\x03\x04" + b"\x00" * 20)})
+
+    assert_problem(answer, 422, "cut.zip is not a readable ZIP archive")
+
+
+def test_a_broken_multipart_body_is_a_problem(client: httpx.Client):
+    answer = client.post("/jobs", content=b"--xyz\r\nContent-Disposition: form-data; name=\"files\"",
+                         headers={"content-type": "multipart/form-data; boundary=xyz"})
+
+    assert answer.status_code in (400, 422)
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    assert answer.json()["detail"]
+
+
+@pytest.mark.parametrize("field", ["image", "upload"])
+def test_a_misnamed_field_says_which_field_to_use(client: httpx.Client, field: str):
+    answer = client.post("/jobs", files={field: ("a.png", b"x")})
+
+    assert_problem(answer, 422, "send them in the multipart field `files`")
+
+
+def test_predict_without_its_file_field_says_so(client: httpx.Client):
+    answer = client.post("/predict/", files={"files": ("a.png", b"x")})
+
+    assert_problem(answer, 422, "body.file: Field required")
+
+
+@pytest.mark.parametrize("path", ["/jobs/not-a-uuid", "/batches/123", "/jobs/00000000-0000-4000-8000-00000000000Z"])
+def test_a_malformed_id_is_a_clear_problem(client: httpx.Client, path: str):
+    assert_problem(client.get(path), 422, "should be a valid UUID")
+
+
+def test_an_unknown_batch_is_a_404_problem(client: httpx.Client):
+    assert_problem(client.get("/batches/00000000-0000-4000-8000-000000000000"), 404, "there is no batch")
+
+
+@pytest.mark.parametrize("wait", ["31", "-1", "soon", "1e9"])
+def test_an_out_of_range_wait_is_a_clear_problem(client: httpx.Client, wait: str):
+    answer = client.get("/jobs/00000000-0000-4000-8000-000000000000", params={"wait": wait})
+
+    assert_problem(answer, 422, "query.wait")
+
+
+@pytest.mark.parametrize("params", [{"page_size": "0"}, {"page_size": "5000"}, {"page_token": "abc"},
+                                    {"format": "xml"}])
+def test_bad_batch_parameters_are_clear_problems(client: httpx.Client, params: dict[str, str]):
+    answer = client.get("/batches/00000000-0000-4000-8000-000000000000", params=params)
+
+    assert_problem(answer, 422, "query.")
