@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("PNEURADNET_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 STARTUP_TIMEOUT = 120.0
 
+# Whatever this test process enqueues or reads through the service's own settings goes to the test database.
+os.environ["REDIS_URL"] = TEST_REDIS_URL
+
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
@@ -29,9 +32,10 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, inte
 
 
 def wipe_jobs(url: str = TEST_REDIS_URL) -> None:
-    """Delete the job store's keys; the broker's keys stay, so a running worker keeps its queue bindings."""
+    """Delete the job store's keys but the workers' announcements; the broker's keys stay, so a running worker
+    keeps its queue bindings."""
     redis = Redis.from_url(url)
-    keys = list(redis.scan_iter(f"{PREFIX}:*", count=1000))
+    keys = [key for key in redis.scan_iter(f"{PREFIX}:*", count=1000) if not key.startswith(b"pneuradnet:worker:")]
     if keys:
         redis.delete(*keys)
     redis.close()
