@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from pneuradnet.classifier import Classifier, PreparedImage
 from pneuradnet.errors import InvalidImageError
 from pneuradnet.results import Prediction
@@ -39,6 +41,8 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     started = time.perf_counter()
     try:
         predictions = classifier.predict([image for _, image in prepared])
+    except SoftTimeLimitExceeded:
+        raise  # JOB_TIMEOUT: the task fails the jobs with that reason
     except Exception as error:
         log.exception("inference failed for %d jobs", len(prepared))
         for job, _ in prepared:
@@ -69,6 +73,8 @@ def _prepare(store: JobStore, classifier: Classifier, job: Job) -> PreparedImage
         return classifier.prepare(job.filename, data)
     except InvalidImageError as error:
         _fail(store, job, problem("invalid-image", "Invalid image", 422, str(error)))
+    except SoftTimeLimitExceeded:
+        raise
     except Exception as error:  # a worker never dies from an image
         log.exception("job %s: unexpected error while decoding", job.id)
         _fail(store, job, problem("invalid-image", "Invalid image", 422,
