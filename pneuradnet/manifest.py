@@ -86,10 +86,13 @@ def load_manifest(name_or_path: str | Path, *, manifests_dir: Path = MANIFESTS_D
         known = sorted(p.stem for p in manifests_dir.glob("*.json"))
         raise ModelManifestError(f"no model manifest {str(name_or_path)!r}; shipped manifests: {', '.join(known)}")
     try:
-        data = json.loads(path.read_text())
-        return ModelManifest.model_validate({**data, "source": path})
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelManifestError(f"manifest {path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ModelManifestError(f"manifest {path} must hold a JSON object, not a {type(data).__name__}")
+    try:
+        return ModelManifest.model_validate({**data, "source": path})
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in error.errors())
         raise ModelManifestError(f"manifest {path} is invalid: {problems}") from error
