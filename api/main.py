@@ -12,6 +12,7 @@ from api.limits import BodySizeLimit
 from api.problems import install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
 from service.jobstore import JobStore
+from service.logs import configure_logging
 from service.metrics import StoreCollector
 from service.settings import Settings, get_settings
 from worker.app import send_classify_task
@@ -19,6 +20,7 @@ from worker.app import send_classify_task
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(level=settings.log_level, json_lines=settings.log_format == "json")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,6 +1,7 @@
 """Submitting uploads as a batch of jobs and waiting for a job to finish, for the routes."""
 
 import asyncio
+import logging
 from functools import partial
 
 from redis.asyncio import Redis as AsyncRedis
@@ -9,6 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from api.batcher import EnqueueBatcher
 from api.problems import ProblemError
 from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload, job_channel
+from service.logs import job_event
+
+log = logging.getLogger(__name__)
 
 BUSY_RETRY_AFTER = 30
 """Seconds a client is asked to wait when the queue is full."""
@@ -29,6 +33,8 @@ async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[U
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
     if created:
         await batcher.submit([job.id for job in jobs])
+        for job in jobs:
+            job_event(log, "submitted", job.id, batch_id=batch.id, status="queued")
     return batch, jobs
 
 

@@ -276,9 +276,9 @@ class JobStore:
     def cancel(self, job_id: str) -> bool:
         return self._move(job_id, JobStatus.CANCELED, finished_at=now_iso())
 
-    def cancel_batch(self, batch_id: str) -> int:
-        """Cancel every job of the batch that has not started; how many were canceled."""
-        return sum(self.cancel(job_id) for job_id in self.batch_job_ids(batch_id))
+    def cancel_batch(self, batch_id: str) -> list[str]:
+        """Cancel every job of the batch that has not started; the ids of those canceled."""
+        return [job_id for job_id in self.batch_job_ids(batch_id) if self.cancel(job_id)]
 
     def queued_count(self) -> int:
         return self.redis.zcard(QUEUED_REGISTRY)

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     port: int = 8000
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """json: one JSON object per line, with job events as fields (event, job_id, batch_id, status)."""
 
     @field_validator("model_manifest")
     @classmethod

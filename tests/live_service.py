@@ -57,7 +57,9 @@ def start_worker(log_path: Path, **env: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--concurrency", "1",
                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:8]}@%h"]
     log = log_path.open("ab")
-    process = subprocess.Popen(command, cwd=ROOT, env=service_env(**env), stdout=log, stderr=subprocess.STDOUT)
+    # A session of its own, so that a test can kill the worker with all its pool processes at once.
+    process = subprocess.Popen(command, cwd=ROOT, env=service_env(**env), stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     wait_until(lambda: "loaded from" in log_path.read_text() or process.poll() is not None,
                timeout=STARTUP_TIMEOUT, what="the worker to load its model")
     if process.poll() is not None:

@@ -15,6 +15,7 @@ from pneuradnet.classifier import Classifier, PreparedImage
 from pneuradnet.errors import InvalidImageError
 from pneuradnet.results import Prediction
 from service.jobstore import Job, JobStore
+from service.logs import job_event
 from service.metrics import observe
 from service.problems import problem
 
@@ -27,6 +28,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     claimed = [job for job_id in job_ids if (job := store.start(job_id, deadline=deadline, worker=worker))]
     prepared: list[tuple[Job, PreparedImage]] = []
     for job in claimed:
+        job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
             _fail(store, job, problem("worker-lost", "Worker lost", 500,
                                       f"the worker processing this image stopped {job.deliveries - 1} times; "
@@ -53,7 +55,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     observe(store, "batch_size", [len(prepared)])
     for (job, _), prediction in zip(prepared, predictions, strict=True):
         store.succeed(job.id, result_record(prediction))
-        log.info("job %s succeeded: %s %.4f", job.id, prediction.predicted_class, prediction.confidence)
+        job_event(log, "succeeded", job.id, batch_id=job.batch_id, status="succeeded")
 
 
 def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> None:
@@ -88,7 +90,7 @@ def _seconds_since(timestamp: str) -> float:
 
 def _fail(store: JobStore, job: Job, error: dict) -> None:
     store.fail(job.id, error)
-    log.info("job %s failed: %s", job.id, error["detail"])
+    job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
 
 
 def result_record(prediction: Prediction) -> dict:

@@ -11,11 +11,12 @@ import socket
 import threading
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from pneuradnet.classifier import Classifier
 from pneuradnet.manifest import sha256_of
 from service.jobstore import WORKER_TTL, JobStore, now_iso
+from service.logs import configure_logging
 from service.problems import problem
 from service.settings import get_settings
 from worker.app import CLASSIFY_TASK, celery_app
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 _classifier: Classifier | None = None
 _store: JobStore | None = None
 _name = ""
+
+
+@setup_logging.connect
+def use_service_logging(**_: object) -> None:
+    """Celery leaves logging to us when this signal has a receiver: the same format as the API's."""
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json_lines=settings.log_format == "json")
 
 
 @worker_process_init.connect

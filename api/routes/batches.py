@@ -1,5 +1,6 @@
 import csv
 import io
+import logging
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -12,7 +13,9 @@ from api.deps import StoreDep
 from api.problems import ProblemError
 from api.schemas import BatchPublic, CancelResult, JobPublic
 from service.jobstore import Batch, Job, JobStatus, JobStore
+from service.logs import job_event
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["batches"])
 
 DEFAULT_PAGE_SIZE = 100
@@ -41,7 +44,10 @@ async def get_batch(
 async def cancel_batch(batch_id: UUID, store: StoreDep, owner: OwnerDep) -> CancelResult:
     """Cancel every job of the batch that has not started; running and finished jobs are left as they are."""
     batch = await owned_batch(store, str(batch_id), owner)
-    return CancelResult(batch_id=batch.id, canceled=await run_in_threadpool(store.cancel_batch, batch.id))
+    canceled = await run_in_threadpool(store.cancel_batch, batch.id)
+    for job_id in canceled:
+        job_event(log, "canceled", job_id, batch_id=batch.id, status="canceled")
+    return CancelResult(batch_id=batch.id, canceled=len(canceled))
 
 
 async def owned_batch(store: JobStore, batch_id: str, owner: str) -> Batch:

@@ -1,3 +1,4 @@
+import logging
 from typing import Annotated
 from uuid import UUID
 
@@ -11,7 +12,9 @@ from api.schemas import JobPublic, SubmitResponse
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
 from service.jobstore import Job, JobStore
+from service.logs import job_event
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 
 MAX_WAIT = 30.0
@@ -65,6 +68,7 @@ async def cancel_job(job_id: UUID, store: StoreDep, owner: OwnerDep) -> JobPubli
         current = await owned_job(store, job.id, owner)
         raise ProblemError(409, "not-cancelable", f"job {job.id} is {current.status.value}: only a queued job "
                            "can be canceled")
+    job_event(log, "canceled", job.id, batch_id=job.batch_id, status="canceled")
     return JobPublic.of(await owned_job(store, job.id, owner))
 
 

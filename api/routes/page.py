@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 """index.html, app.js and style.css."""
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob:; script-src 'self'; style-src 'self'; "
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
                            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 """The page loads nothing from anywhere else, runs no inline script, and may not be framed."""
 

@@ -16,7 +16,7 @@ const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
 /** The "Show" filter's value for files without a result. */
 const FAILED_FILTER = "__failed";
 
-const FINISHED = new Set(["succeeded", "failed", "canceled", "rejected", "expired"]);
+const FINISHED = new Set(["succeeded", "failed", "canceled", "expired"]);
 const STATUS_TEXT = {
   uploading: "Uploading",
   queued: "Queued",
@@ -24,10 +24,9 @@ const STATUS_TEXT = {
   succeeded: "Done",
   failed: "Failed",
   canceled: "Canceled",
-  rejected: "Not uploaded",
   expired: "Expired",
 };
-const STATUS_RANK = { failed: 0, rejected: 0, expired: 0, canceled: 1, uploading: 2, queued: 2, running: 2, succeeded: 3 };
+const STATUS_RANK = { failed: 0, expired: 0, canceled: 1, uploading: 2, queued: 2, running: 2, succeeded: 3 };
 
 const percent = new Intl.NumberFormat(undefined, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
 const byName = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
@@ -43,9 +42,10 @@ class ApiError extends Error {
   }
 }
 
-/** Headers that authenticate a request. None yet: when the API gets access control, add them here, e.g.
- * `{ Authorization: `Bearer ${token}` }`, and every call below carries them. (The CSV export is a plain link;
- * it would then have to be fetched through `api()` and saved as a Blob, like the JSON export.) */
+/** Headers that authenticate a request. None yet: the page does not ask for a key, so it works with a service that
+ * runs without API_KEYS (with keys, an upload is refused with the API's 401 detail). To send one, return e.g.
+ * `{ Authorization: `Bearer ${key}` }` here and every call below carries it. (The CSV export is a plain link; it
+ * would then have to be fetched through `api()` and saved as a Blob, like the JSON export.) */
 function authHeaders() {
   return {};
 }
@@ -143,10 +143,10 @@ async function submit(fileList) {
     answer = await api("jobs", { method: "POST", body: form });
   } catch (error) {
     if (generation !== state.generation) return;
-    for (const row of [...imageRows, ...archiveRows]) {
-      Object.assign(row, { status: "rejected", message: error.detail, dirty: true });
-    }
-    showUploadError(`The upload was refused: ${error.detail}`);
+    // Nothing of a refused upload was queued: its tiles go, and the alert says why (the API's own words).
+    removeRows([...imageRows, ...archiveRows]);
+    const what = files.length === 1 ? files[0].name : `${files.length} files`;
+    showUploadError(`The upload of ${what} was refused: ${error.detail}`);
     render();
     return;
   }
@@ -251,7 +251,7 @@ function visibleRows() {
   const below = belowText === "" ? null : Number(belowText) / 100;
   const rows = state.rows.filter((row) => {
     const result = row.job?.result;
-    if (shown === FAILED_FILTER && !["failed", "rejected", "expired", "canceled"].includes(row.status)) return false;
+    if (shown === FAILED_FILTER && !["failed", "expired", "canceled"].includes(row.status)) return false;
     if (shown && shown !== FAILED_FILTER && result?.predicted_class !== shown) return false;
     if (below !== null && !Number.isNaN(below) && !(result && result.confidence < below)) return false;
     return true;
@@ -295,7 +295,7 @@ function renderRow(row) {
   if (row.job) item.dataset.jobId = row.job.id;
 
   const heading = element("div", { className: "result-head" },
-    element("h3", { className: "filename", title: row.name }, row.name),
+    element("h3", { className: "filename" }, ...breakable(row.name)),
     element("span", { className: `status status--${row.status}` }, statusText(row)));
   const body = [heading];
   if (row.kind === "member" && row.archive) body.push(element("p", { className: "archive" }, `from ${row.archive}`));
@@ -305,7 +305,7 @@ function renderRow(row) {
     body.push(renderVerdict(result), renderProbabilities(result),
       element("p", { className: "model" }, `Model ${result.model.name} ${result.model.version}`));
   } else if (row.message) {
-    const failed = ["failed", "rejected", "expired"].includes(row.status);
+    const failed = ["failed", "expired"].includes(row.status);
     body.push(element("p", { className: failed ? "error-detail" : "pending-detail" }, sentence(row.message)));
   }
   item.querySelector(".result-body").replaceChildren(...body);
@@ -355,6 +355,11 @@ function statusText(row) {
   return STATUS_TEXT[row.status] || row.status;
 }
 
+/** A long file name may wrap after its separators (`person1946_`, `study/`) rather than mid-word. */
+function breakable(name) {
+  return name.split(/(?<=[_\-./])/).flatMap((part, i) => (i ? [document.createElement("wbr"), part] : [part]));
+}
+
 /** "not an image: send PNG or JPEG" -> "Not an image: send PNG or JPEG." */
 function sentence(text) {
   const trimmed = text.trim();
@@ -384,7 +389,7 @@ function renderProgress() {
   progress.max = Math.max(total, 1);
   progress.value = finished;
 
-  const parts = ["running", "queued", "uploading", "succeeded", "failed", "rejected", "expired", "canceled"]
+  const parts = ["running", "queued", "uploading", "succeeded", "failed", "expired", "canceled"]
     .filter((status) => counts[status])
     .map((status) => `${counts[status]} ${status === "succeeded" ? "done" : STATUS_TEXT[status].toLowerCase()}`);
   const text = finished === total
@@ -393,7 +398,6 @@ function renderProgress() {
   const line = document.getElementById("progress-text");
   // The region is aria-live: write only on change, so a screen reader is not told the same thing every second.
   if (line.textContent !== text) line.textContent = text;
-  document.getElementById("results-section").setAttribute("aria-busy", String(finished !== total));
 }
 
 function renderExports() {
@@ -440,6 +444,14 @@ function clearResults() {
   hideUploadError();
   render();
   document.getElementById("file-input").focus();
+}
+
+function removeRows(rows) {
+  state.rows = state.rows.filter((row) => !rows.includes(row));
+  for (const row of rows) {
+    if (row.thumb) URL.revokeObjectURL(row.thumb);
+    removeElement(row);
+  }
 }
 
 function removeElement(row) {

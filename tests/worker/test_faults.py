@@ -185,3 +185,25 @@ def test_the_api_answers_503_while_redis_is_away_and_everything_recovers(
     finally:
         stop(worker)
         stop(api)
+
+
+def test_a_worker_stopped_with_sigterm_finishes_or_returns_its_batch(
+        faults_store: JobStore, radiographs: list[Path], tmp_path: Path):
+    first = start_worker(tmp_path / "first.log", REDIS_URL=FAULTS_REDIS_URL)
+    images = [Upload(path.name, path.read_bytes()) for path in radiographs]
+    held, waiting = submit(faults_store, images), submit(faults_store, images)
+
+    wait_until(lambda: JobStatus.RUNNING in statuses(faults_store, held), timeout=30, interval=0.01,
+               what="the worker to start the first batch")
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=60)
+
+    assert all(status is JobStatus.SUCCEEDED for status in statuses(faults_store, held))
+    assert all(status is JobStatus.QUEUED for status in statuses(faults_store, waiting))
+    second = start_worker(tmp_path / "second.log", REDIS_URL=FAULTS_REDIS_URL)
+    try:
+        wait_until(lambda: all(s is JobStatus.SUCCEEDED for s in statuses(faults_store, waiting)), timeout=60,
+                   what="the second worker to take the returned batch")
+    finally:
+        stop(second)
+    assert all(job.deliveries == 1 for job in faults_store.get_jobs([job.id for job in held + waiting]))

@@ -1,0 +1,198 @@
+"""The web page in a real browser (Debian's Chromium, headless, driven by Playwright) against the live service."""
+
+import csv
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from playwright import sync_api as playwright_sync
+
+from tests.live_service import ROOT
+
+expect = playwright_sync.expect
+Page = playwright_sync.Page
+
+pytestmark = pytest.mark.model
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium (apt-get install chromium); Playwright never downloads a browser here."""
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+ARTIFACTS = ROOT / "artifacts"
+"""Screenshots of the finished page, for people to look at (git-ignored)."""
+
+RESULTS_TIMEOUT_MS = 120_000
+"""Longest the page may take to show every result of a small batch."""
+
+NOT_AN_IMAGE = {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are notes, not pixels"}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/install.sh --test does it as root)")
+    with playwright_sync.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, api_url: str) -> Iterator[Page]:
+    """A fresh page on the live API; a request to another host, a script error or a CSP violation fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    outside: list[str] = []
+
+    def same_origin_only(route) -> None:
+        if urlparse(route.request.url).netloc == urlparse(api_url).netloc or route.request.url.startswith("blob:"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", same_origin_only)
+    browser_page = context.new_page()
+    errors: list[str] = []
+    browser_page.on("pageerror", lambda error: errors.append(str(error)))
+    browser_page.on("console", lambda message: errors.append(message.text)
+                    if "Content Security Policy" in message.text else None)
+    browser_page.goto(f"{api_url}/")
+    yield browser_page
+    context.close()
+    assert outside == [], "the page fetched from outside the service"
+    assert errors == [], "the page raised JavaScript errors or broke its Content-Security-Policy"
+
+
+def payload(path: Path) -> dict:
+    """A file for the file input (Playwright does not mix paths and in-memory files in one call)."""
+    return {"name": path.name, "mimeType": "image/jpeg", "buffer": path.read_bytes()}
+
+
+def submit(page: Page, files: list[dict]) -> str:
+    """Chooses files in the page's file input; returns the batch id of the upload it makes."""
+    with page.expect_response(lambda r: r.url.endswith("/jobs") and r.request.method == "POST") as answer:
+        page.locator("#file-input").set_input_files(files)
+    assert answer.value.status == 202
+    return answer.value.json()["batch_id"]
+
+
+def shown_job_ids(page: Page) -> list[str]:
+    return page.locator("#results > li").evaluate_all("items => items.map(item => item.dataset.jobId)")
+
+
+def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: httpx.Client,
+                                                           radiographs: list[Path]):
+    chosen = [*radiographs[:2], *radiographs[-2:]]  # two NORMAL, two pneumonia
+    expect(page.get_by_text("Decision support for qualified staff, not a diagnosis.")).to_be_visible()
+
+    batch_id = submit(page, [*map(payload, chosen), NOT_AN_IMAGE])
+
+    expect(page.locator("#results > li")).to_have_count(5)
+    expect(page.locator("#progress-text")).to_have_text(re.compile(r"^All 5 files finished"),
+                                                        timeout=RESULTS_TIMEOUT_MS)
+    batch = client.get(f"/batches/{batch_id}").json()
+    assert batch["counts"]["succeeded"] == 4 and batch["counts"]["failed"] == 1
+    jobs = {job["filename"]: job for job in batch["jobs"]}
+    for path in chosen:
+        job = jobs[path.name]
+        row = page.locator(f'#results > li[data-job-id="{job["id"]}"]')
+        expect(row.locator(".filename")).to_have_text(path.name)
+        expect(row.locator(".status")).to_have_text("Done")
+        expect(row.locator(".predicted-class")).to_have_text(job["result"]["predicted_class"])
+        expect(row.locator(".probability-label")).to_have_text(job["result"]["labels"])
+        expect(row.locator(".model")).to_have_text("Model xception-pneumonia 0.3.0")
+        expect(row.locator(".thumb img")).to_be_visible()
+    bad = page.locator(f'#results > li[data-job-id="{jobs["notes.png"]["id"]}"]')
+    expect(bad.locator(".status")).to_have_text("Failed")
+    expect(bad.locator(".error-detail")).to_have_text("Not an image: send PNG or JPEG.")
+    assert shown_job_ids(page) == [job["id"] for job in batch["jobs"]]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "page.png", full_page=True)
+
+    with page.expect_download() as csv_download:
+        page.get_by_role("link", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(csv_download.value.path().read_text())))
+    assert sorted(row["filename"] for row in rows) == sorted(jobs)
+    with page.expect_download() as json_download:
+        page.get_by_role("button", name="Download JSON").click()
+    exported = json.loads(json_download.value.path().read_text())
+    assert [job["id"] for job in exported["jobs"]] == [job["id"] for job in batch["jobs"]]
+    assert exported["notice"] == "Decision support for qualified staff, not a diagnosis."
+
+    succeeded = [job for job in batch["jobs"] if job["result"]]
+    pneumonia = [job["id"] for job in succeeded if job["result"]["predicted_class"] == "PNEUMONIA"]
+    assert pneumonia and len(pneumonia) < 4, "the chosen radiographs should not all get one class"
+    page.get_by_label("Show").select_option(label="Predicted PNEUMONIA")
+    expect(page.locator("#shown-count")).to_have_text(f"Showing {len(pneumonia)} of 5 files.")
+    assert shown_job_ids(page) == pneumonia
+    page.get_by_label("Show").select_option(label="Failed (no result)")
+    assert shown_job_ids(page) == [jobs["notes.png"]["id"]]
+    page.get_by_label("Show").select_option(label="All files")
+    page.get_by_label("Confidence below").fill("90")
+    unsure = [job["id"] for job in succeeded if job["result"]["confidence"] < 0.9]
+    expect(page.locator("#results > li")).to_have_count(len(unsure))
+    assert shown_job_ids(page) == unsure
+    page.get_by_label("Confidence below").fill("")
+    page.get_by_label("Sort by").select_option(label="Confidence, lowest first")
+    by_confidence = sorted(succeeded, key=lambda job: job["result"]["confidence"])
+    assert shown_job_ids(page) == [*(job["id"] for job in by_confidence), jobs["notes.png"]["id"]]
+
+    page.get_by_label("Sort by").select_option(label="Upload order")
+    page.evaluate("document.activeElement.blur()")  # no focus ring in the screenshot
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page overflows a narrow screen"
+    page.screenshot(path=ARTIFACTS / "page-narrow.png", full_page=True)
+
+
+def test_a_zip_shows_a_placeholder_then_one_row_per_image(page: Page, client: httpx.Client,
+                                                          radiographs: list[Path]):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        for path in radiographs[:2]:
+            zip_file.write(path, f"study-1/{path.name}")
+    held = []
+    page.route("**/jobs", lambda route: held.append(route))  # the upload waits while the placeholder is checked
+
+    page.locator("#file-input").set_input_files([{"name": "study.zip", "mimeType": "application/zip",
+                                                  "buffer": archive.getvalue()}])
+
+    placeholder = page.locator('#results > li[data-kind="zip"]')
+    expect(placeholder.locator(".filename")).to_have_text("study.zip")
+    expect(placeholder.locator(".status")).to_have_text("Uploading archive")
+    expect(page.locator("#results > li")).to_have_count(1)
+    while not held:
+        page.wait_for_timeout(20)
+    held[0].continue_()
+    expect(page.locator("#progress-text")).to_have_text(re.compile(r"^All 2 files finished"),
+                                                        timeout=RESULTS_TIMEOUT_MS)
+    expect(page.locator("#results > li .filename")).to_have_text([f"study-1/{path.name}" for path in radiographs[:2]])
+    expect(page.locator("#results > li .archive")).to_have_text(["from study.zip"] * 2)
+    expect(page.locator('#results > li[data-kind="zip"]')).to_have_count(0)
+
+
+def test_the_keyboard_opens_the_picker_and_a_refused_upload_shows_the_problem_detail(page: Page):
+    # The live API allows 40 files a request (MAX_FILES_PER_REQUEST in tests/live_service.py).
+    files = [{"name": f"tiny-{i}.png", "mimeType": "image/png", "buffer": b"x"} for i in range(41)]
+    # Playwright turns on file-chooser interception without waiting for it: subscribe now, well before Enter.
+    page.on("filechooser", lambda _: None)
+    page.keyboard.press("Tab")  # the header's link to the API documentation
+    page.keyboard.press("Tab")
+    expect(page.locator("#file-input")).to_be_focused()
+    assert page.locator("#dropzone").evaluate("zone => getComputedStyle(zone).outlineStyle") == "solid"
+
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(files)
+
+    expect(page.get_by_role("alert")).to_have_text(
+        "The upload of 41 files was refused: more than 40 images in one request (MAX_FILES_PER_REQUEST); "
+        "split them into several requests")
+    expect(page.locator("#results > li")).to_have_count(0)
