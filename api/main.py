@@ -9,7 +9,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from api.batcher import EnqueueBatcher
 from api.limits import BodySizeLimit
-from api.problems import install_problem_handlers
+from api.problems import document_problems, install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
 from service.jobstore import JobStore
 from service.logs import configure_logging
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     install_problem_handlers(app)
+    document_problems(app)
     for module in (jobs, batches, predict, health, page):
         app.include_router(module.router)
     return app

@@ -1,14 +1,17 @@
 """HTTP errors as RFC 9457 problem+json: one exception type for the routes, handlers for the rest."""
 
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import Problem
 from service.problems import PROBLEM_MEDIA_TYPE, problem
 
 REDIS_RETRY_AFTER = 5
@@ -30,6 +33,30 @@ def problem_response(status: int, kind: str, detail: str, headers: dict[str, str
                      **extensions: object) -> JSONResponse:
     body = problem(kind, HTTPStatus(status).phrase, status, detail, **extensions)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems a route may answer with (see document_problems)."""
+    return {status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document say what is sent: every 4xx/5xx as application/problem+json."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            problem_ref = {"$ref": "#/components/schemas/Problem"}
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                for status, response in operation.get("responses", {}).items():
+                    if status[0] in "45":
+                        response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema["components"]["schemas"].pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from service.jobstore import Job, JobStatus
 
@@ -14,6 +14,21 @@ class ModelRef(BaseModel):
     version: str
 
 
+class ImageSource(BaseModel):
+    """Non-identifying facts about an uploaded DICOM file (pneuradnet.dicom.FACTS); nothing about the patient."""
+
+    format: str
+    modality: str | None = None
+    view_position: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    frames: int | None = None
+    frame_used: int | None = None
+    """Which frame was classified, from 1; a multi-frame file is classified on its first."""
+    photometric_interpretation: str | None = None
+    bits_stored: int | None = None
+
+
 class JobResult(BaseModel):
     labels: list[str]
     predictions: list[float]
@@ -23,9 +38,15 @@ class JobResult(BaseModel):
     model: ModelRef
     runtime: str
     timings_ms: dict[str, float]
+    source: ImageSource | None = None
+    """Facts about the file, for DICOM uploads; null for PNG and JPEG."""
 
 
 class Problem(BaseModel):
+    """RFC 9457 problem details; some problems add members (e.g. `errors` for an invalid request)."""
+
+    model_config = ConfigDict(extra="allow")
+
     type: str
     title: str
     status: int

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import StoreDep
-from api.problems import ProblemError
+from api.problems import ProblemError, problem_responses
 from api.schemas import BatchPublic, CancelResult, JobPublic
 from service.jobstore import Batch, Job, JobStatus, JobStore
 from service.logs import job_event
@@ -23,7 +23,8 @@ MAX_PAGE_SIZE = 1000
 
 
 @router.get("/batches/{batch_id}", response_model=BatchPublic,
-            responses={200: {"content": {"text/csv": {}}, "description": "The batch, or its CSV export"}})
+            responses={200: {"content": {"text/csv": {}}, "description": "The batch, or its CSV export"},
+                       **problem_responses(401, 404, 422, 503)})
 async def get_batch(
     batch_id: UUID,
     store: StoreDep,
@@ -40,7 +41,8 @@ async def get_batch(
     return await run_in_threadpool(_page, store, batch, int(page_token or 0), page_size)
 
 
-@router.delete("/batches/{batch_id}", response_model=CancelResult)
+@router.delete("/batches/{batch_id}", response_model=CancelResult,
+               responses=problem_responses(401, 404, 422, 503))
 async def cancel_batch(batch_id: UUID, store: StoreDep, owner: OwnerDep) -> CancelResult:
     """Cancel every job of the batch that has not started; running and finished jobs are left as they are."""
     batch = await owned_batch(store, str(batch_id), owner)

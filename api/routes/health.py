@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import StoreDep
-from api.problems import REDIS_RETRY_AFTER, problem_response
+from api.problems import REDIS_RETRY_AFTER, problem_response, problem_responses
 from service.jobstore import JobStore
 
 router = APIRouter(tags=["operations"])
@@ -19,7 +19,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis does not answer, or no worker has loaded a model"}})
+@router.get("/readyz", responses=problem_responses(503))
 async def readyz(store: StoreDep) -> JSONResponse:
     """Ready when Redis answers and at least one worker process has loaded its model."""
     try:
@@ -33,7 +33,7 @@ async def readyz(store: StoreDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "workers": len(workers)})
 
 
-@router.get("/models")
+@router.get("/models", responses=problem_responses(401, 503))
 async def models(store: StoreDep, _: OwnerDep) -> dict[str, list[dict[str, Any]]]:
     """The models the live workers serve, one entry per model file, with how many processes serve it."""
     served: dict[tuple[str, str], dict[str, Any]] = {}
@@ -45,7 +45,8 @@ async def models(store: StoreDep, _: OwnerDep) -> dict[str, list[dict[str, Any]]
     return {"models": list(served.values())}
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **problem_responses(503)})
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of the whole service: every worker's work, read from Redis at scrape time."""
     registry: CollectorRegistry = request.app.state.metrics

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
-from api.problems import ProblemError
+from api.problems import ProblemError, problem_responses
 from api.schemas import JobPublic, SubmitResponse
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
@@ -24,7 +24,8 @@ POLL_AFTER = 1
 """Seconds a client is told to wait before polling an unfinished job again."""
 
 
-@router.post("/jobs", status_code=202, response_model=SubmitResponse)
+@router.post("/jobs", status_code=202, response_model=SubmitResponse,
+             responses=problem_responses(400, 401, 413, 422, 429, 503))
 async def submit_jobs(
     response: Response,
     settings: SettingsDep,
@@ -43,7 +44,7 @@ async def submit_jobs(
     return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic)
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=problem_responses(401, 404, 422, 503))
 async def get_job(
     job_id: UUID,
     response: Response,
@@ -60,7 +61,8 @@ async def get_job(
     return JobPublic.of(job)
 
 
-@router.delete("/jobs/{job_id}", response_model=JobPublic)
+@router.delete("/jobs/{job_id}", response_model=JobPublic,
+               responses=problem_responses(401, 404, 409, 422, 503))
 async def cancel_job(job_id: UUID, store: StoreDep, owner: OwnerDep) -> JobPublic:
     """Cancel a job that has not started; a canceled job never runs."""
     job = await owned_job(store, str(job_id), owner)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, UploadFile
 
 from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
-from api.problems import ProblemError
+from api.problems import ProblemError, problem_responses
 from api.schemas import LegacyPrediction
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
@@ -15,7 +15,8 @@ from service.jobstore import JobStatus
 router = APIRouter(tags=["predict (synchronous)"])
 
 
-@router.post("/predict/", response_model=LegacyPrediction)
+@router.post("/predict/", response_model=LegacyPrediction,
+             responses=problem_responses(400, 401, 413, 422, 429, 500, 503, 504))
 @router.post("/predict", response_model=LegacyPrediction, include_in_schema=False)
 async def predict(
     settings: SettingsDep,
