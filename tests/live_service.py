@@ -1,34 +1,22 @@
 """Fixtures that run the real service: Redis (a database of its own), a Celery worker process, the API process."""
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from redis import Redis
 
+from service import processes
 from service.jobstore import PREFIX, JobStore
+from service.processes import stop
 
-ROOT = Path(__file__).resolve().parent.parent
 TEST_REDIS_URL = os.environ.get("PNEURADNET_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-STARTUP_TIMEOUT = 120.0
 
 # Whatever this test process enqueues or reads through the service's own settings goes to the test database.
 os.environ["REDIS_URL"] = TEST_REDIS_URL
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def wipe_jobs(url: str = TEST_REDIS_URL) -> None:
@@ -41,40 +29,17 @@ def wipe_jobs(url: str = TEST_REDIS_URL) -> None:
     redis.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def service_env(**overrides: str) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": TEST_REDIS_URL, "TF_CPP_MIN_LOG_LEVEL": "2", "JOB_TTL": "3600",
             "PYTHONUNBUFFERED": "1", **overrides}
 
 
 def start_worker(log_path: Path, **env: str) -> subprocess.Popen:
-    """A real worker (prefork pool, one model process) that logs to log_path; returns once its model is loaded."""
-    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--concurrency", "1",
-               "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:8]}@%h"]
-    log = log_path.open("ab")
-    # A session of its own, so that a test can kill the worker with all its pool processes at once.
-    process = subprocess.Popen(command, cwd=ROOT, env=service_env(**env), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    wait_until(lambda: "loaded from" in log_path.read_text() or process.poll() is not None,
-               timeout=STARTUP_TIMEOUT, what="the worker to load its model")
-    if process.poll() is not None:
-        raise RuntimeError(f"the worker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-    return process
+    return processes.start_worker(log_path, service_env(**env))
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def start_api(log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    return processes.start_api(log_path, service_env(**env))
 
 
 @pytest.fixture(scope="session")
@@ -98,27 +63,6 @@ def worker_process(broker_clean: None, tmp_path_factory: pytest.TempPathFactory)
     process = start_worker(log_path)
     yield process
     stop(process)
-
-
-def start_api(log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    """A real API process on a free port; returns once it answers /healthz."""
-    port = free_port()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=service_env(**env), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return process.poll() is not None
-
-    wait_until(answers, timeout=STARTUP_TIMEOUT, what="the API to answer")
-    if process.poll() is not None:
-        raise RuntimeError(f"the API exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-    return process, url
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import pytest
 from redis import Redis
 
 from service.jobstore import JobStatus, JobStore, Upload
-from tests.live_service import TEST_REDIS_URL, start_api, stop
+from service.processes import stop
+from tests.live_service import TEST_REDIS_URL, start_api
 from worker.app import QUEUE, send_classify_task
 
 pytestmark = pytest.mark.model

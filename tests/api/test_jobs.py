@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.jobstore import JobStore, Upload
-from tests.live_service import ROOT
+from service.processes import ROOT
 
 pytestmark = pytest.mark.model
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_service import start_api, stop
+from service.processes import stop
+from tests.live_service import start_api
 
 pytestmark = pytest.mark.model
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright import sync_api as playwright_sync
 
-from tests.live_service import ROOT
+from service.processes import ROOT
 
 expect = playwright_sync.expect
 Page = playwright_sync.Page

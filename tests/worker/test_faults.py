@@ -18,8 +18,9 @@ from PIL import Image
 from redis import Redis
 
 from service.jobstore import RUNNING_REGISTRY, Job, JobStatus, JobStore, Upload
+from service.processes import free_port, stop, wait_until
 from service.settings import Settings
-from tests.live_service import free_port, start_api, start_worker, stop, wait_until
+from tests.live_service import start_api, start_worker
 from worker.app import CLASSIFY_TASK, QUEUE, make_celery
 
 pytestmark = pytest.mark.model
