@@ -1,6 +1,6 @@
 // The PNEURADNET web page: drop radiographs (or ZIP archives of them), follow each job live, then read, sort,
 // filter and export the results. Plain modern JavaScript: no dependencies, no build step, nothing fetched from
-// anywhere but this service. Every call to the API goes through `api()`.
+// anywhere but this service. Every call to the API goes through `api()`, which asks for the API key when needed.
 "use strict";
 
 /** How often an unfinished batch is polled while the page is visible. */
@@ -42,17 +42,28 @@ class ApiError extends Error {
   }
 }
 
-/** Headers that authenticate a request. None yet: the page does not ask for a key, so it works with a service that
- * runs without API_KEYS (with keys, an upload is refused with the API's 401 detail). To send one, return e.g.
- * `{ Authorization: `Bearer ${key}` }` here and every call below carries it. (The CSV export is a plain link; it
- * would then have to be fetched through `api()` and saved as a Blob, like the JSON export.) */
-function authHeaders() {
-  return {};
+/** Calls the API at `path` (relative to the page, so the page works behind a path prefix too) and returns its
+ * JSON (or, with `blob`, the body as a Blob); an error answer (RFC 9457 problem+json) or no answer at all is thrown
+ * as an ApiError with its detail. A 401 asks the user for the API key and calls again with it. */
+async function api(path, options = {}) {
+  for (;;) {
+    const sentKey = storedKey();
+    try {
+      const data = await call(path, options);
+      keyWorked(sentKey);
+      return data;
+    } catch (error) {
+      if (error.status !== 401) {
+        keyWorked(sentKey);
+        throw error;
+      }
+      await askForKey(error, sentKey);
+    }
+  }
 }
 
-/** Calls the API at `path` (relative to the page, so the page works behind a path prefix too) and returns its
- * JSON; an error answer (RFC 9457 problem+json) or no answer at all is thrown as an ApiError with its detail. */
-async function api(path, { method = "GET", body } = {}) {
+/** One request to the API, without asking for a key. */
+async function call(path, { method = "GET", body, blob = false } = {}) {
   let response;
   try {
     response = await fetch(path, {
@@ -64,6 +75,7 @@ async function api(path, { method = "GET", body } = {}) {
   } catch {
     throw new ApiError(0, "the service does not answer; check the network connection");
   }
+  if (response.ok && blob) return response.blob();
   const isJson = (response.headers.get("Content-Type") || "").includes("json");
   const data = isJson ? await response.json().catch(() => null) : null;
   if (!response.ok) {
@@ -84,6 +96,101 @@ async function fetchBatchJobs(batchId) {
     token = page.next_page_token;
   } while (token);
   return jobs;
+}
+
+// --- The API key ---------------------------------------------------------------------------------------------
+// When the service runs with API_KEYS, a call without a valid key is answered 401. The page then asks for the key
+// in a small form (never window.prompt), keeps it in sessionStorage (this tab only, gone when the tab closes; never
+// localStorage, never the URL, never the console) and makes the call again. Every call refused meanwhile waits for
+// the same answer. The form stays up until a call made with the new key gets past the check, so a wrong key is
+// told without the form flickering away and back.
+
+/** The sessionStorage item that holds the key. */
+const KEY_ITEM = "pneuradnet-api-key";
+
+const keyPrompt = {
+  waiters: [], // { resolve, reject, error } of each call waiting for a key
+  needed: false, // the API has asked for a key in this tab (or one is kept from before a reload)
+  returnFocus: null, // where the focus was before the form took it
+};
+
+function storedKey() {
+  return sessionStorage.getItem(KEY_ITEM) || "";
+}
+
+/** Headers that authenticate a request: the Bearer key, once the user has given one. */
+function authHeaders() {
+  const key = storedKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+/** Resolves when there is a key to try; rejects with the call's own error if the user cancels. `sentKey` is the key
+ * the refused call carried ("" for none). */
+function askForKey(error, sentKey) {
+  keyPrompt.needed = true;
+  if (!keyPrompt.waiters.length) {
+    if (storedKey() !== sentKey) return Promise.resolve(); // a newer key was given meanwhile: try that one
+    if (sentKey) forgetKey(); // refused: it is not kept
+    showKeyForm(sentKey ? sentence(error.detail) : "");
+  }
+  return new Promise((resolve, reject) => keyPrompt.waiters.push({ resolve, reject, error }));
+}
+
+/** A call made with the current key got an answer other than 401: the key is good, the form can go. */
+function keyWorked(sentKey) {
+  if (sentKey && sentKey === storedKey() && !keyPrompt.waiters.length) hideKeyForm();
+}
+
+function showKeyForm(problemText) {
+  const form = document.getElementById("key-form");
+  const problem = document.getElementById("key-error");
+  const input = document.getElementById("key-input");
+  if (form.hidden) keyPrompt.returnFocus = document.activeElement;
+  problem.textContent = problemText;
+  problem.hidden = !problemText;
+  form.hidden = false;
+  document.getElementById("key-submit").disabled = false;
+  input.value = "";
+  input.focus();
+}
+
+function hideKeyForm() {
+  const form = document.getElementById("key-form");
+  if (form.hidden) return;
+  const hadFocus = form.contains(document.activeElement);
+  form.hidden = true;
+  if (hadFocus && keyPrompt.returnFocus?.isConnected) keyPrompt.returnFocus.focus();
+  keyPrompt.returnFocus = null;
+}
+
+function useKey(event) {
+  event.preventDefault();
+  const input = document.getElementById("key-input");
+  const key = input.value.trim();
+  input.value = "";
+  if (!key) {
+    input.focus();
+    return;
+  }
+  sessionStorage.setItem(KEY_ITEM, key);
+  document.getElementById("key-submit").disabled = true; // until the calls made with it have an answer
+  renderForgetKey();
+  for (const waiter of keyPrompt.waiters.splice(0)) waiter.resolve();
+}
+
+/** The calls waiting for a key fail with their own 401. */
+function cancelKeyForm() {
+  for (const waiter of keyPrompt.waiters.splice(0)) waiter.reject(waiter.error);
+  hideKeyForm();
+}
+
+function forgetKey() {
+  sessionStorage.removeItem(KEY_ITEM);
+  renderForgetKey();
+}
+
+function renderForgetKey() {
+  document.getElementById("forget-key").hidden = !storedKey();
 }
 
 // --- State -----------------------------------------------------------------------------------------------------
@@ -416,8 +523,29 @@ function downloadJson() {
   const jobs = state.rows.filter((row) => row.job).map((row) => row.job);
   const payload = { notice: noticeText(), exported_at: new Date().toISOString(),
     batch_ids: state.batches.map((batch) => batch.id), jobs };
-  const url = URL.createObjectURL(new Blob([JSON.stringify(payload, null, 2)], { type: "application/json" }));
-  const link = element("a", { href: url, download: `pneuradnet-results-${timestamp()}.json` });
+  saveBlob(new Blob([JSON.stringify(payload, null, 2)], { type: "application/json" }),
+    `pneuradnet-results-${timestamp()}.json`);
+}
+
+/** A CSV link cannot carry the key: once the API asks for keys, the CSV is fetched through `api()` and saved from
+ * a Blob, under the link's own file name. */
+async function downloadCsv(event) {
+  const link = event.target.closest("a");
+  if (!link || !(storedKey() || keyPrompt.needed)) return;
+  event.preventDefault();
+  let blob;
+  try {
+    blob = await api(link.getAttribute("href"), { blob: true });
+  } catch (error) {
+    showConnectionWarning(`Could not download the CSV (${error.detail}).`);
+    return;
+  }
+  saveBlob(blob, link.download);
+}
+
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = element("a", { href: url, download: name });
   document.body.append(link);
   link.click();
   link.remove();
@@ -434,6 +562,7 @@ function timestamp() {
 
 function clearResults() {
   state.generation += 1;
+  cancelKeyForm(); // an upload waiting for the key is dropped, not sent later
   for (const row of state.rows) if (row.thumb) URL.revokeObjectURL(row.thumb);
   state.rows = [];
   state.batches = [];
@@ -509,8 +638,17 @@ function init() {
   for (const id of ["sort", "class-filter", "confidence-below"]) {
     document.getElementById(id).addEventListener("input", render);
   }
+  document.getElementById("csv-links").addEventListener("click", downloadCsv);
   document.getElementById("download-json").addEventListener("click", downloadJson);
   document.getElementById("clear").addEventListener("click", clearResults);
+  document.getElementById("key-form").addEventListener("submit", useKey);
+  document.getElementById("key-cancel").addEventListener("click", cancelKeyForm);
+  document.getElementById("forget-key").addEventListener("click", () => {
+    forgetKey();
+    input.focus(); // the button has gone
+  });
+  keyPrompt.needed = Boolean(storedKey());
+  renderForgetKey();
   render();
 }
 

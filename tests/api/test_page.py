@@ -4,8 +4,10 @@ import csv
 import io
 import json
 import re
+import subprocess
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,7 +15,8 @@ import httpx
 import pytest
 from playwright import sync_api as playwright_sync
 
-from service.processes import ROOT
+from service.processes import ROOT, stop
+from tests.live_service import start_api
 
 expect = playwright_sync.expect
 Page = playwright_sync.Page
@@ -34,6 +37,12 @@ RESULTS_TIMEOUT_MS = 120_000
 
 NOT_AN_IMAGE = {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are notes, not pixels"}
 
+TEAM_KEY = "team-key"
+"""The one key of the API started with API_KEYS."""
+
+KEY_ITEM = "pneuradnet-api-key"
+"""The sessionStorage item where the page keeps the key (KEY_ITEM in api/static/app.js)."""
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
@@ -47,6 +56,20 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, api_url: str) -> Iterator[Page]:
+    with open_page(browser, api_url) as browser_page:
+        yield browser_page
+
+
+@pytest.fixture
+def keyed_api_url(tmp_path: Path, worker_process: subprocess.Popen) -> Iterator[str]:
+    """An API that wants `Authorization: Bearer team-key`; the session's worker runs its jobs."""
+    process, url = start_api(tmp_path / "api.log", API_KEYS=TEAM_KEY)
+    yield url
+    stop(process)
+
+
+@contextmanager
+def open_page(browser, api_url: str) -> Iterator[Page]:
     """A fresh page on the live API; a request to another host, a script error or a CSP violation fails the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     outside: list[str] = []
@@ -196,3 +219,73 @@ def test_the_keyboard_opens_the_picker_and_a_refused_upload_shows_the_problem_de
         "The upload of 41 files was refused: more than 40 images in one request (MAX_FILES_PER_REQUEST); "
         "split them into several requests")
     expect(page.locator("#results > li")).to_have_count(0)
+
+
+def test_with_api_keys_the_page_asks_for_the_key_once_and_keeps_it_for_the_tab(browser, keyed_api_url: str,
+                                                                              radiographs: list[Path]):
+    chosen = [radiographs[0], radiographs[-1]]
+    with open_page(browser, keyed_api_url) as page:
+        requested: list[str] = []
+        console: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.on("console", lambda message: console.append(message.text))
+        key_form = page.get_by_role("form", name="API key needed")
+        key_input = page.get_by_label("API key", exact=True)
+        expect(key_form).to_be_hidden()
+
+        page.locator("#file-input").set_input_files([*map(payload, chosen)])
+        expect(key_form).to_be_visible()
+        expect(key_input).to_be_focused()
+        expect(key_input).to_have_attribute("type", "password")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "page-key.png")
+
+        key_input.fill("wrong-key")
+        page.get_by_role("button", name="Use key").click()
+        expect(page.locator("#key-error")).to_have_text("The API key is not valid.")
+        expect(key_input).to_be_focused()
+        expect(key_input).to_have_value("")
+        assert page.evaluate(f"sessionStorage.getItem('{KEY_ITEM}')") is None, "a refused key is not kept"
+
+        key_input.fill(TEAM_KEY)
+        with page.expect_response(lambda r: r.url.endswith("/jobs") and r.request.method == "POST") as answer:
+            key_input.press("Enter")  # the upload that was refused is made again, with the key
+        assert answer.value.status == 202
+        batch_id = answer.value.json()["batch_id"]
+        expect(key_form).to_be_hidden()
+        expect(page.locator("#progress-text")).to_have_text(re.compile(r"^All 2 files finished: 2 done"),
+                                                            timeout=RESULTS_TIMEOUT_MS)
+        expect(page.locator("#results > li .filename")).to_have_text([path.name for path in chosen])
+        expect(page.locator("#results > li .predicted-class")).to_have_count(2)
+        expect(page.get_by_role("alert")).to_have_count(0)
+
+        with page.expect_download() as csv_download:
+            page.get_by_role("link", name="Download CSV").click()
+        assert csv_download.value.suggested_filename == f"pneuradnet-{batch_id}.csv"
+        rows = list(csv.DictReader(io.StringIO(csv_download.value.path().read_text())))
+        assert sorted(row["filename"] for row in rows) == sorted(path.name for path in chosen)
+
+        assert page.evaluate(f"sessionStorage.getItem('{KEY_ITEM}')") == TEAM_KEY
+        assert page.evaluate("localStorage.length") == 0
+        page.reload()  # sessionStorage lives as long as the tab: no second prompt
+        submit(page, [payload(radiographs[1])])
+        expect(page.locator("#progress-text")).to_have_text(re.compile(r"^All 1 file finished: 1 done"),
+                                                            timeout=RESULTS_TIMEOUT_MS)
+        expect(key_form).to_be_hidden()
+
+        page.get_by_role("button", name="Forget key").click()
+        expect(page.get_by_role("button", name="Forget key")).to_be_hidden()
+        assert page.evaluate(f"sessionStorage.getItem('{KEY_ITEM}')") is None
+        with page.expect_download() as csv_download:
+            page.get_by_role("link", name="Download CSV").click()
+            expect(key_form).to_be_visible()  # the CSV is fetched with the key too, so it asks again
+            expect(page.locator("#key-error")).to_be_hidden()
+            key_input.fill(TEAM_KEY)
+            key_input.press("Enter")
+        rows = list(csv.DictReader(io.StringIO(csv_download.value.path().read_text())))
+        assert [row["filename"] for row in rows] == [radiographs[1].name]
+        expect(key_form).to_be_hidden()
+
+        assert TEAM_KEY not in page.url and "wrong-key" not in page.url
+        assert requested and not [url for url in requested if TEAM_KEY in url or "wrong-key" in url]
+        assert not [text for text in console if TEAM_KEY in text or "wrong-key" in text]
