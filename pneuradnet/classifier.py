@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pneuradnet.errors import InvalidImageError, ModelManifestError
-from pneuradnet.images import decode_image
+from pneuradnet.images import SOURCE_INFO, decode_image
 from pneuradnet.manifest import ModelManifest, load_manifest, resolve_model_file
 from pneuradnet.preprocess import to_model_input
 from pneuradnet.results import Prediction
@@ -23,6 +23,8 @@ class PreparedImage:
     filename: str
     pixels: np.ndarray
     decode_ms: float
+    source: dict | None = None
+    """Non-identifying facts about the file decode_image found (DICOM's); None for PNG and JPEG."""
 
 
 class Classifier:
@@ -46,15 +48,20 @@ class Classifier:
         runtime: str = "tensorflow",
         threads: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        cache_dir: str | Path | None = None,
     ) -> "Classifier":
-        """Load a model by manifest name or path; `input_size` (height, width) overrides the manifest's."""
+        """Load a model by manifest name or path; `input_size` (height, width) overrides the manifest's.
+
+        `cache_dir` keeps the model's ONNX conversion, which the onnxruntime runtime needs (see load_runtime).
+        """
         if not isinstance(manifest, ModelManifest):
             manifest = load_manifest(manifest)
         if input_size is not None:
             manifest = manifest.with_input_size(*input_size)
         model_file = resolve_model_file(manifest, model_path)
-        return cls(manifest, load_runtime(runtime, model_file, threads=threads), model_file=model_file,
-                   max_batch=max_batch)
+        return cls(manifest, load_runtime(runtime, model_file, threads=threads, cache_dir=cache_dir,
+                                              logits=manifest.output == "logits"),
+                   model_file=model_file, max_batch=max_batch)
 
     def warm_up(self) -> None:
         """Forward passes on blank images, so that the first real batch does not pay for graph set-up.
@@ -69,8 +76,9 @@ class Classifier:
     def prepare(self, filename: str, data: bytes) -> PreparedImage:
         """Decode and preprocess one image; raises InvalidImageError for anything that is not one."""
         started = time.perf_counter()
-        pixels = to_model_input(decode_image(data), self.manifest)
-        return PreparedImage(filename, pixels, _ms_since(started))
+        image = decode_image(data)
+        pixels = to_model_input(image, self.manifest)
+        return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO))
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (len(inputs), len(labels)), computed max_batch images at a time."""
@@ -79,7 +87,7 @@ class Classifier:
         raw = np.concatenate(outputs) if outputs else np.empty((0, len(self.manifest.labels)))
         if len(raw) != len(inputs):
             raise RuntimeError(f"the model returned {len(raw)} outputs for {len(inputs)} inputs")
-        return _softmax(raw) if self.manifest.output == "logits" else raw.astype(np.float64)
+        return softmax(raw) if self.manifest.output == "logits" else raw.astype(np.float64)
 
     def predict(self, images: Sequence[PreparedImage]) -> list[Prediction]:
         """One forward pass per max_batch images; the inference time is shared out evenly."""
@@ -110,6 +118,7 @@ class Classifier:
             model_version=self.manifest.version,
             runtime=self.runtime.name,
             timings_ms={"decode": round(image.decode_ms, 3), "inference": round(inference_ms, 3)},
+            source=image.source,
         )
 
 
@@ -130,7 +139,7 @@ def _check_fits(manifest: ModelManifest, runtime: Runtime) -> None:
         )
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=1, keepdims=True)

@@ -15,3 +15,7 @@ class ModelManifestError(PneuradnetError):
 
 class ModelFileError(PneuradnetError):
     """The model file a manifest points at cannot be found or read."""
+
+
+class ConversionError(PneuradnetError):
+    """A model could not be converted to another runtime's format, or the converted model disagrees with it."""

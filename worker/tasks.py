@@ -48,6 +48,7 @@ def load_model(**_: object) -> None:
         runtime=settings.inference_runtime,
         threads=settings.inference_threads,
         max_batch=settings.max_batch,
+        cache_dir=settings.model_cache_dir,
     )
     _classifier.warm_up()
     manifest = _classifier.manifest

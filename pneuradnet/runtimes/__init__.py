@@ -20,9 +20,31 @@ class Runtime(Protocol):
         """Raw model outputs, shape (len(batch), output_size)."""
 
 
-def load_runtime(name: str, model_file: Path, *, threads: int | None = None) -> Runtime:
+RUNTIMES = ("tensorflow", "onnxruntime")
+"""Runtime names load_runtime knows: TensorFlow is the reference, onnxruntime the faster one for workers."""
+
+
+def load_runtime(name: str, model_file: str | Path, *, threads: int | None = None,
+                 cache_dir: str | Path | None = None, logits: bool = False) -> Runtime:
+    """Load a model file into the named runtime; `threads` caps the threads one forward pass uses.
+
+    onnxruntime serves an .onnx file as it is; a Keras file it serves through its ONNX conversion, kept in
+    `cache_dir` and made (importing TensorFlow, tens of seconds) if the cache has none, verified on probabilities
+    (after a softmax if the model's outputs are `logits`): see pneuradnet.conversion.
+    """
     if name == "tensorflow":
         from pneuradnet.runtimes.tensorflow import TensorFlowRuntime
 
-        return TensorFlowRuntime(model_file, threads=threads)
-    raise ValueError(f"unknown inference runtime {name!r}; available: tensorflow")
+        return TensorFlowRuntime(Path(model_file), threads=threads)
+    if name == "onnxruntime":
+        if Path(model_file).suffix == ".onnx":
+            from pneuradnet.runtimes.onnx import OnnxRuntime
+
+            return OnnxRuntime(Path(model_file), threads=threads)
+        if cache_dir is None:
+            raise ValueError(f"the onnxruntime runtime needs cache_dir, the folder that keeps {model_file} "
+                             "converted to ONNX")
+        from pneuradnet.conversion import onnx_runtime_for
+
+        return onnx_runtime_for(model_file, cache_dir=cache_dir, threads=threads, logits=logits)
+    raise ValueError(f"unknown inference runtime {name!r}; available: {', '.join(RUNTIMES)}")

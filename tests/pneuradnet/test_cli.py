@@ -85,7 +85,7 @@ def test_predict_with_no_images_is_an_error(tmp_path):
 
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.strip() == f"pneuradnet: error: no .png/.jpg/.jpeg files in {tmp_path}"
+    assert result.stderr.strip() == f"pneuradnet: error: no .png/.jpg/.jpeg/.dcm/.dicom files in {tmp_path}"
 
 
 def test_library_errors_are_one_line_with_exit_status_2(tmp_path, radiograph):

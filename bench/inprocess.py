@@ -1,0 +1,63 @@
+"""The in-process limit: decode + preprocess + batched inference of the same images in one process.
+
+Run by bench/run.py in a fresh process per configuration (TF reads TF_ENABLE_ONEDNN_OPTS at import);
+prints one JSON object.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from pneuradnet.classifier import Classifier
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--runtime", default="tensorflow")
+    parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--singles", type=int, default=20)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    classifier = Classifier.load("default", runtime=args.runtime, max_batch=args.batch, cache_dir=args.cache_dir)
+    classifier.warm_up()
+    load_seconds = time.perf_counter() - started
+    items = [(path.name, path.read_bytes()) for path in args.images]
+
+    bulk = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        for start in range(0, len(items), args.batch):
+            classifier.classify(items[start:start + args.batch])
+        bulk.append(len(items) / (time.perf_counter() - started))
+
+    singles = []
+    for index in range(args.singles):
+        started = time.perf_counter()
+        classifier.classify([items[index % len(items)]])
+        singles.append((time.perf_counter() - started) * 1000)
+
+    print(json.dumps({
+        "runtime": args.runtime,
+        "batch": args.batch,
+        "images_per_second": statistics.median(bulk),
+        "single_image_ms": statistics.median(singles),
+        "load_and_warm_up_seconds": load_seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+    }))
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The benchmark: `.venv/bin/python -m bench.run` starts what it needs, prints a table and writes it as JSON.
+
+Measured in one run, on a Redis database of its own (REDIS_URL's host, database 12):
+1. the in-process limit of each runtime (bench/inprocess.py), TensorFlow with oneDNN on and off;
+2. end to end: N radiographs in one bulk request, long-polled until all are done, and its ratio to (1);
+3. the original design's path: one synchronous POST /predict/ at a time;
+4. single-image latency, submit to result with long-poll, p50 and p95;
+5. peak RSS of the API and of a worker's model process, and a worker's cold start.
+Run it on a quiet machine: nothing else should be using the cores.
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from redis import Redis
+
+from service.jobstore import worker_key
+from service.processes import ROOT, start_api, start_worker, stop, wait_until
+
+RADIOGRAPHS = "pneumonia_model_package/datasets/pneumonia-data/val"
+BENCH_DB = 12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64, help="images in the bulk request (the 16 repeated)")
+    parser.add_argument("--latency-runs", type=int, default=20)
+    parser.add_argument("--sync-images", type=int, default=32, help="images sent one POST /predict/ at a time")
+    parser.add_argument("--runtime", default=os.environ.get("INFERENCE_RUNTIME", "tensorflow"),
+                        help="the runtime the workers serve with")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+
+    folder = Path(importlib.metadata.distribution("pneumonia-model-package").locate_file(RADIOGRAPHS))
+    radiographs = sorted(folder.glob("*.jpeg"))
+    images = [radiographs[n % len(radiographs)] for n in range(args.images)]
+    cache_dir = Path(os.environ.get("MODEL_CACHE_DIR", ROOT / ".cache" / "models"))
+
+    report: dict = {"machine": _machine(), "images": args.images, "serving_runtime": args.runtime}
+    report["in_process"] = {
+        "tensorflow (oneDNN on)": _in_process(images, "tensorflow", cache_dir, TF_ENABLE_ONEDNN_OPTS="1"),
+        "tensorflow (oneDNN off)": _in_process(images, "tensorflow", cache_dir, TF_ENABLE_ONEDNN_OPTS="0"),
+        "onnxruntime": _in_process(images, "onnxruntime", cache_dir),
+    }
+    report["service"] = _service(images, radiographs, args, cache_dir)
+    limit = report["in_process"]["onnxruntime" if args.runtime == "onnxruntime" else "tensorflow (oneDNN on)"]
+    report["service"]["bulk_ratio_to_in_process"] = report["service"]["bulk_images_per_second"] / \
+        limit["images_per_second"]
+    report["service"]["single_p50_minus_in_process_ms"] = report["service"]["single_latency_p50_ms"] - \
+        limit["single_image_ms"]
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(_table(report))
+    print(f"\nwritten to {args.out}")
+
+
+def _in_process(images: list[Path], runtime: str, cache_dir: Path, **env: str) -> dict:
+    command = [sys.executable, "-m", "bench.inprocess", *map(str, images), "--runtime", runtime,
+               "--cache-dir", str(cache_dir)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespace, cache_dir: Path) -> dict:
+    redis_url = f"redis://127.0.0.1:6379/{BENCH_DB}"
+    redis = Redis.from_url(redis_url)
+    redis.flushdb()
+    env = {**os.environ, "REDIS_URL": redis_url, "TF_CPP_MIN_LOG_LEVEL": "2", "INFERENCE_RUNTIME": args.runtime,
+           "MODEL_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    logs = Path(tempfile.mkdtemp(prefix="pneuradnet-bench-"))
+    api, url = start_api(logs / "api.log", env)
+    started = time.monotonic()
+    worker = start_worker(logs / "worker.log", env)
+    wait_until(lambda: any(redis.scan_iter(worker_key("*"))), timeout=120, what="the worker to announce itself")
+    cold_start = time.monotonic() - started
+    model_pid = int(next(redis.scan_iter(worker_key("*"))).decode().rsplit(":", 1)[1])
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            _bulk(client, images[:16])  # the service's own warm-up: first batches, connections
+            bulk = statistics.median(_bulk(client, images) for _ in range(3))
+            sync = _sync(client, images[:args.sync_images])
+            latencies = sorted(_single(client, radiographs[n % len(radiographs)]) for n in range(args.latency_runs))
+        return {
+            "bulk_images_per_second": bulk,
+            "sync_predict_images_per_second": sync,
+            "single_latency_p50_ms": statistics.median(latencies),
+            "single_latency_p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
+            "api_peak_rss_mb": _peak_rss_mb(api.pid),
+            "worker_model_process_peak_rss_mb": _peak_rss_mb(model_pid),
+            "worker_parent_peak_rss_mb": _peak_rss_mb(worker.pid),
+            "worker_cold_start_seconds": cold_start,
+        }
+    finally:
+        stop(worker)
+        stop(api)
+        redis.flushdb()
+
+
+def _bulk(client: httpx.Client, images: list[Path]) -> float:
+    started = time.perf_counter()
+    answer = client.post("/jobs", files=[("files", (path.name, path.read_bytes())) for path in images])
+    for job in answer.json()["jobs"]:
+        assert client.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    return len(images) / (time.perf_counter() - started)
+
+
+def _sync(client: httpx.Client, images: list[Path]) -> float:
+    started = time.perf_counter()
+    for path in images:
+        client.post("/predict/", files={"file": (path.name, path.read_bytes())}).raise_for_status()
+    return len(images) / (time.perf_counter() - started)
+
+
+def _single(client: httpx.Client, path: Path) -> float:
+    started = time.perf_counter()
+    (job,) = client.post("/jobs", files={"files": (path.name, path.read_bytes())}).json()["jobs"]
+    assert client.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    return (time.perf_counter() - started) * 1000
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _machine() -> dict:
+    return {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "model": "default (xception-pneumonia 0.3.0)"}
+
+
+def _table(report: dict) -> str:
+    rows = [("in-process limit", "images/s (batch 16)", "single image ms", "peak RSS MB", "load s")]
+    for name, measured in report["in_process"].items():
+        rows.append((name, f"{measured['images_per_second']:.1f}", f"{measured['single_image_ms']:.1f}",
+                     f"{measured['peak_rss_mb']:.0f}", f"{measured['load_and_warm_up_seconds']:.1f}"))
+    service = report["service"]
+    lines = _format(rows)
+    lines.append("")
+    lines += _format([
+        (f"service ({report['serving_runtime']})", "value"),
+        (f"bulk, {report['images']} images in one request", f"{service['bulk_images_per_second']:.1f} images/s"),
+        ("bulk / in-process limit", f"{service['bulk_ratio_to_in_process']:.2f}x"),
+        ("original path: one POST /predict/ at a time", f"{service['sync_predict_images_per_second']:.1f} images/s"),
+        ("single image, submit to result: p50", f"{service['single_latency_p50_ms']:.0f} ms"),
+        ("single image, submit to result: p95", f"{service['single_latency_p95_ms']:.0f} ms"),
+        ("p50 minus in-process single image", f"{service['single_p50_minus_in_process_ms']:.0f} ms"),
+        ("API peak RSS", f"{service['api_peak_rss_mb']:.0f} MB"),
+        ("worker model process peak RSS", f"{service['worker_model_process_peak_rss_mb']:.0f} MB"),
+        ("worker parent process peak RSS", f"{service['worker_parent_peak_rss_mb']:.0f} MB"),
+        ("worker cold start (process start to ready)", f"{service['worker_cold_start_seconds']:.1f} s"),
+    ])
+    return "\n".join(lines)
+
+
+def _format(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+
+
+if __name__ == "__main__":
+    main()

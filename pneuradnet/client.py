@@ -1,0 +1,246 @@
+"""A Python client of the PNEURADNET service: submit images, wait for their jobs, read whole batches.
+
+The one module of the library that speaks HTTP. It knows the service only by its HTTP API (it imports nothing
+of api/, service/ or worker/), so it runs wherever httpx does.
+
+Retries: an answer 429 (queue full) or 503 (job store down) is retried after its `Retry-After`, and a
+connection failure after a growing pause, at most `max_attempts` times and `max_retry_wait` seconds of
+pauses per request; a pause that would not fit in what is left of that budget is not started, so the last
+answer's error is raised at once. A POST whose request may have reached the service (the connection broke
+after it was sent) is retried only when it carries an Idempotency-Key, so a retry never submits twice.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pneuradnet import __version__
+from pneuradnet.errors import PneuradnetError
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds one HTTP request may take to connect, send or answer; a long poll is given its wait on top."""
+
+LONG_POLL = 30.0
+"""Seconds asked of `GET /jobs/{id}?wait=`: the longest the API holds a request."""
+
+MAX_ATTEMPTS = 6
+"""Tries of one request, the first included, when the service is busy, down or unreachable."""
+
+MAX_RETRY_WAIT = 300.0
+"""Most seconds one request spends pausing between its tries, in all."""
+
+FIRST_BACKOFF = 1.0
+"""Pause before the first retry when there is no Retry-After (a connection failure); doubled each time."""
+
+RETRIED_STATUSES = frozenset({429, 503})
+"""Answers that mean "not now": the queue is full, or the job store does not answer."""
+
+FINISHED = frozenset({"succeeded", "failed", "canceled"})
+"""Job states that never change again (the service's JobStatus.finished)."""
+
+PAGE_SIZE = 1000
+"""Jobs asked per page of `GET /batches/{id}`: the API's maximum."""
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+USER_AGENT = f"pneuradnet-client/{__version__}"
+
+Item = str | PathLike[str] | tuple[str, bytes]
+"""What `submit` uploads: an image file's path, or a (name, bytes) pair."""
+
+
+class ServiceError(PneuradnetError):
+    """The service answered a 4xx or 5xx, or could not be reached; `problem` is its RFC 9457 object, if any."""
+
+    def __init__(self, status: int | None, detail: str, problem: dict[str, Any] | None = None,
+                 retry_after: float | None = None) -> None:
+        self.status = status
+        """The HTTP status; None when no answer came (see ServiceUnreachableError)."""
+        self.detail = detail
+        self.problem = problem or {}
+        self.retry_after = retry_after
+        """Seconds the service asked to wait before trying again, when it said so."""
+        kind = f" ({self.kind})" if self.kind else ""
+        super().__init__(f"the service answered {status}{kind}: {detail}" if status else detail)
+
+    @property
+    def kind(self) -> str:
+        """The problem's type without its URN prefix, e.g. `job-not-found`; empty if the answer had none."""
+        return str(self.problem.get("type", "")).rsplit(":", 1)[-1]
+
+
+class ServiceUnreachableError(ServiceError):
+    """No answer at all: the connection failed (after the retries), or the request timed out."""
+
+
+class WaitTimeoutError(PneuradnetError, TimeoutError):
+    """`wait` ran out of time before every job finished."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A batch just accepted: its id, and its jobs (queued) in the order of the uploads."""
+
+    batch_id: str
+    jobs: list[dict[str, Any]]
+
+
+class Client:
+    """A client of one service at `api_url` (e.g. `http://127.0.0.1:8000`); use it as a context manager."""
+
+    def __init__(self, api_url: str, *, key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 max_attempts: int = MAX_ATTEMPTS, max_retry_wait: float = MAX_RETRY_WAIT,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if max_retry_wait < 0:
+            raise ValueError(f"max_retry_wait must not be negative, got {max_retry_wait}")
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.max_retry_wait = max_retry_wait
+        self._sleep = sleep  # how pauses are taken: time.sleep, or a test's recorder
+        self._http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the API -----------------------------------------------------------------------------------------------
+
+    def submit(self, items: Iterable[Item], *, idempotency_key: str | None = None) -> Submission:
+        """Upload images (paths or (name, bytes) pairs; ZIP archives are unpacked by the service) as one batch.
+
+        With an idempotency key, submitting the same files again returns the batch first created instead of a
+        new one, so a submission whose answer was lost can be repeated safely.
+        """
+        files = [("files", _named_bytes(item)) for item in items]
+        if not files:
+            raise ValueError("nothing to submit: give at least one image")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = self._request("POST", "/jobs", files=files, headers=headers,
+                             resendable=idempotency_key is not None).json()
+        return Submission(batch_id=body["batch_id"], jobs=body["jobs"])
+
+    def get(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
+        """The job's record; with `wait` (at most LONG_POLL seconds), as soon as it finishes within that time."""
+        params = {"wait": f"{wait:g}"} if wait else {}
+        return self._request("GET", f"/jobs/{job_id}", params=params, read_timeout=self.timeout + wait).json()
+
+    def finished(self, job_ids: Iterable[str], *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Each job once it has finished, in the order given, long-polling; WaitTimeoutError after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for job_id in job_ids:
+            while True:
+                remaining = LONG_POLL if deadline is None else deadline - time.monotonic()
+                job = self.get(job_id, wait=max(0.0, min(LONG_POLL, remaining)))
+                if job["status"] in FINISHED:
+                    yield job
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeoutError(f"job {job_id} is still {job['status']} after {timeout:g} s")
+
+    def wait(self, job_ids: Iterable[str], *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every job once finished, in the order given; WaitTimeoutError if that takes over `timeout` seconds."""
+        return list(self.finished(job_ids, timeout=timeout))
+
+    def batch(self, batch_id: str, *, page_size: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """Every job of the batch, in upload order, read page by page."""
+        jobs: list[dict[str, Any]] = []
+        params: dict[str, str | int] = {"page_size": page_size}
+        while True:
+            page = self._request("GET", f"/batches/{batch_id}", params=params).json()
+            jobs += page["jobs"]
+            if page["next_page_token"] is None:
+                return jobs
+            params["page_token"] = page["next_page_token"]
+
+    # --- one request, retried ----------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, resendable: bool = True, read_timeout: float | None = None,
+                 **kwargs: Any) -> httpx.Response:
+        """The answer to one request, retried as the module's docstring says; ServiceError for any 4xx/5xx.
+
+        `resendable`: the request may be repeated even if it may have reached the service (GETs, and POSTs
+        with an Idempotency-Key); otherwise only a request that surely was not sent (connect failed) is.
+        """
+        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
+        waited = 0.0
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self._http.request(method, path, timeout=timeout, **kwargs)
+            except httpx.TransportError as error:
+                failure: ServiceError = ServiceUnreachableError(
+                    None, f"no answer from {self._http.base_url}{path}: {_describe(error)}")
+                if not (resendable or isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)):
+                    raise failure from error
+                pause = FIRST_BACKOFF * 2 ** (attempt - 1)
+            else:
+                if response.is_success:
+                    return response
+                failure = _service_error(response)
+                if response.status_code not in RETRIED_STATUSES:
+                    raise failure
+                pause = failure.retry_after if failure.retry_after is not None else FIRST_BACKOFF * 2 ** (attempt - 1)
+            if attempt == self.max_attempts or waited + pause > self.max_retry_wait:
+                raise failure
+            self._sleep(pause)
+            waited += pause
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _named_bytes(item: Item) -> tuple[str, bytes]:
+    if isinstance(item, tuple):
+        name, data = item
+        return name, bytes(data)
+    path = Path(item)
+    return path.name, path.read_bytes()
+
+
+def _service_error(response: httpx.Response) -> ServiceError:
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    problem: dict[str, Any] = {}
+    if response.headers.get("content-type", "").startswith((PROBLEM_MEDIA_TYPE, "application/json")):
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        problem = body if isinstance(body, dict) else {}
+    detail = problem.get("detail") or response.text.strip()[:200] or response.reason_phrase
+    return ServiceError(response.status_code, str(detail), problem, retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds, or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _describe(error: httpx.TransportError) -> str:
+    return str(error) or type(error).__name__
