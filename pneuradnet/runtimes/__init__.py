@@ -8,13 +8,9 @@ import numpy as np
 
 class Runtime(Protocol):
     name: str
-
-    @property
-    def input_shape(self) -> tuple[int | None, int | None, int]:
-        """(height, width, channels) the model accepts; None where any size goes."""
-
-    @property
-    def output_size(self) -> int: ...
+    input_shape: tuple[int | None, int | None, int]
+    """(height, width, channels) the model accepts; None where any size goes."""
+    output_size: int
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw model outputs, shape (len(batch), output_size)."""

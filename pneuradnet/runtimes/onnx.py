@@ -47,16 +47,8 @@ class OnnxRuntime:
         output_size = _fixed(outputs[0].shape[1])
         if channels is None or output_size is None:
             raise ModelFileError(f"{model_file} must fix its number of channels and of classes")
-        self._input_shape = (height, width, channels)
-        self._output_size = output_size
-
-    @property
-    def input_shape(self) -> tuple[int | None, int | None, int]:
-        return self._input_shape
-
-    @property
-    def output_size(self) -> int:
-        return self._output_size
+        self.input_shape = (height, width, channels)
+        self.output_size = output_size
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}

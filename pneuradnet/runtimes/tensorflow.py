@@ -24,16 +24,8 @@ class TensorFlowRuntime:
         except (OSError, ValueError) as error:
             raise ModelFileError(f"cannot load Keras model {model_file}: {error}") from error
         _, height, width, channels = self._model.input_shape
-        self._input_shape = (height, width, channels)
-        self._output_size = self._model.output_shape[-1]
-
-    @property
-    def input_shape(self) -> tuple[int | None, int | None, int]:
-        return self._input_shape
-
-    @property
-    def output_size(self) -> int:
-        return self._output_size
+        self.input_shape = (height, width, channels)
+        self.output_size = self._model.output_shape[-1]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # predict_on_batch skips model.predict's per-call dataset and callback set-up (3-4x faster at batch 1).
