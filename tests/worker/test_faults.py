@@ -208,3 +208,23 @@ def test_a_worker_stopped_with_sigterm_finishes_or_returns_its_batch(
     finally:
         stop(second)
     assert all(job.deliveries == 1 for job in faults_store.get_jobs([job.id for job in held + waiting]))
+
+
+def test_readiness_follows_the_only_worker(faults_store: JobStore, tmp_path: Path):
+    api, api_url = start_api(tmp_path / "api.log", REDIS_URL=FAULTS_REDIS_URL)
+    try:
+        with httpx.Client(base_url=api_url, timeout=30) as client:
+            assert client.get("/readyz").status_code == 503
+            worker = start_worker(tmp_path / "worker.log", REDIS_URL=FAULTS_REDIS_URL)
+            wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="readiness")
+
+            stop(worker)
+            answer = client.get("/readyz")
+            assert answer.status_code == 503
+            assert answer.json()["detail"] == "no worker is alive with a loaded model: jobs would wait"
+
+            worker = start_worker(tmp_path / "worker-again.log", REDIS_URL=FAULTS_REDIS_URL)
+            wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="readiness again")
+            stop(worker)
+    finally:
+        stop(api)
