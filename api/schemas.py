@@ -40,6 +40,11 @@ class JobResult(BaseModel):
     timings_ms: dict[str, float]
     source: ImageSource | None = None
     """Facts about the file, for DICOM uploads; null for PNG and JPEG."""
+    heatmap_url: str | None = None
+    """For a job submitted with explain: where its Grad-CAM heatmap over the image is (a PNG); null otherwise, or
+    if the explanation failed."""
+    explanation_error: str | None = None
+    """Why a job submitted with explain has no heatmap; its prediction stands."""
 
 
 class Problem(BaseModel):
@@ -63,12 +68,22 @@ class JobPublic(BaseModel):
     finished_at: str | None
     result: JobResult | None
     error: Problem | None
+    explain: bool = False
+    """Submitted with explain=true: a succeeded job has a Grad-CAM heatmap at result.heatmap_url."""
 
     @classmethod
     def of(cls, job: Job) -> "JobPublic":
+        result = job.result
+        if result is not None and result.get("heatmap"):
+            result = {**result, "heatmap_url": heatmap_path(job.id)}
         return cls(id=job.id, batch_id=job.batch_id, status=job.status, filename=job.filename,
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                   result=job.result, error=job.error)
+                   result=result, error=job.error, explain=job.explain)
+
+
+def heatmap_path(job_id: str) -> str:
+    """The route of GET /jobs/{id}/heatmap.png (api/routes/jobs.py)."""
+    return f"/jobs/{job_id}/heatmap.png"
 
 
 class SubmitResponse(BaseModel):

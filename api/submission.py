@@ -19,7 +19,8 @@ BUSY_RETRY_AFTER = 30
 
 
 async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[Upload], *, owner: str,
-                       max_queue: int, idempotency: str | None = None) -> tuple[Batch, list[Job]]:
+                       max_queue: int, idempotency: str | None = None,
+                       explain: bool = False) -> tuple[Batch, list[Job]]:
     """Store every job before any is enqueued, so a worker never takes a job the store does not know."""
     queued = await run_in_threadpool(store.queued_count)
     if queued + len(uploads) > max_queue:
@@ -28,7 +29,7 @@ async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[U
                            headers={"Retry-After": str(BUSY_RETRY_AFTER)})
     try:
         batch, jobs, created = await run_in_threadpool(
-            partial(store.create_batch, uploads, owner=owner, idempotency=idempotency))
+            partial(store.create_batch, uploads, owner=owner, idempotency=idempotency, explain=explain))
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
     if created:

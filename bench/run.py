@@ -5,7 +5,9 @@ Measured in one run, on a Redis database of its own (REDIS_URL's host, database 
 2. end to end: N radiographs in one bulk request, long-polled until all are done, and its ratio to (1);
 3. the original design's path: one synchronous POST /predict/ at a time;
 4. single-image latency, submit to result with long-poll, p50 and p95;
-5. peak RSS of the API and of a worker's model process, and a worker's cold start.
+5. peak RSS of the API and of a worker's model process, and a worker's cold start;
+6. the extra time of an explained job (Grad-CAM heatmap): single images submitted with and without explain,
+   alternating, mean difference; the first explained job, which loads TensorFlow and the model, apart.
 Run it on a quiet machine: nothing else should be using the cores.
 """
 
@@ -26,6 +28,7 @@ from redis import Redis
 
 from service.jobstore import worker_key
 from service.processes import ROOT, start_api, start_worker, stop, wait_until
+from service.settings import Settings
 
 RADIOGRAPHS = "pneumonia_model_package/datasets/pneumonia-data/val"
 BENCH_DB = 12
@@ -36,7 +39,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images in the bulk request (the 16 repeated)")
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--sync-images", type=int, default=32, help="images sent one POST /predict/ at a time")
-    parser.add_argument("--runtime", default=os.environ.get("INFERENCE_RUNTIME", "tensorflow"),
+    parser.add_argument("--explain-runs", type=int, default=10,
+                        help="single images submitted with explain (and as many without); 0: not measured")
+    parser.add_argument("--runtime", default=Settings().inference_runtime,
                         help="the runtime the workers serve with")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
@@ -92,15 +97,19 @@ def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespa
             bulk = statistics.median(_bulk(client, images) for _ in range(3))
             sync = _sync(client, images[:args.sync_images])
             latencies = sorted(_single(client, radiographs[n % len(radiographs)]) for n in range(args.latency_runs))
+            peak_before_explain = _peak_rss_mb(model_pid)
+            explained = _explain_overhead(client, radiographs, args.explain_runs) if args.explain_runs else {}
         return {
             "bulk_images_per_second": bulk,
             "sync_predict_images_per_second": sync,
             "single_latency_p50_ms": statistics.median(latencies),
             "single_latency_p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
             "api_peak_rss_mb": _peak_rss_mb(api.pid),
-            "worker_model_process_peak_rss_mb": _peak_rss_mb(model_pid),
+            "worker_model_process_peak_rss_mb": peak_before_explain,
             "worker_parent_peak_rss_mb": _peak_rss_mb(worker.pid),
             "worker_cold_start_seconds": cold_start,
+            **explained,
+            **({"worker_model_process_peak_rss_with_explainer_mb": _peak_rss_mb(model_pid)} if explained else {}),
         }
     finally:
         stop(worker)
@@ -123,11 +132,28 @@ def _sync(client: httpx.Client, images: list[Path]) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def _single(client: httpx.Client, path: Path) -> float:
+def _single(client: httpx.Client, path: Path, *, explain: bool = False) -> float:
     started = time.perf_counter()
-    (job,) = client.post("/jobs", files={"files": (path.name, path.read_bytes())}).json()["jobs"]
-    assert client.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    params = {"explain": "true"} if explain else {}
+    (job,) = client.post("/jobs", params=params, files={"files": (path.name, path.read_bytes())}).json()["jobs"]
+    while (finished := client.get(f"/jobs/{job['id']}", params={"wait": 30}).json())["status"] in ("queued", "running"):
+        pass  # only the first explained job, which loads TensorFlow in the worker, may take longer than 30 s
+    assert finished["status"] == "succeeded"
+    assert not explain or finished["result"]["heatmap_url"], finished["result"].get("explanation_error")
     return (time.perf_counter() - started) * 1000
+
+
+def _explain_overhead(client: httpx.Client, radiographs: list[Path], runs: int) -> dict:
+    """Single images with and without explain, alternating: the mean extra time of an explained one."""
+    first = _single(client, radiographs[0], explain=True)
+    plain, explained = [], []
+    for n in range(runs):
+        path = radiographs[n % len(radiographs)]
+        plain.append(_single(client, path))
+        explained.append(_single(client, path, explain=True))
+    return {"explain_first_job_ms": first, "explain_single_mean_ms": statistics.mean(explained),
+            "plain_single_mean_ms": statistics.mean(plain),
+            "explain_extra_ms_per_image": statistics.mean(explained) - statistics.mean(plain)}
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -162,6 +188,11 @@ def _table(report: dict) -> str:
         ("worker model process peak RSS", f"{service['worker_model_process_peak_rss_mb']:.0f} MB"),
         ("worker parent process peak RSS", f"{service['worker_parent_peak_rss_mb']:.0f} MB"),
         ("worker cold start (process start to ready)", f"{service['worker_cold_start_seconds']:.1f} s"),
+        *([("explained single image: extra time (mean)", f"{service['explain_extra_ms_per_image']:.0f} ms"),
+           ("first explained job (loads TensorFlow + model)", f"{service['explain_first_job_ms']:.0f} ms"),
+           ("worker model process peak RSS with explainer",
+            f"{service['worker_model_process_peak_rss_with_explainer_mb']:.0f} MB")]
+          if "explain_extra_ms_per_image" in service else []),
     ])
     return "\n".join(lines)
 

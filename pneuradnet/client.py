@@ -124,17 +124,20 @@ class Client:
 
     # --- the API -----------------------------------------------------------------------------------------------
 
-    def submit(self, items: Iterable[Item], *, idempotency_key: str | None = None) -> Submission:
+    def submit(self, items: Iterable[Item], *, idempotency_key: str | None = None,
+               explain: bool = False) -> Submission:
         """Upload images (paths or (name, bytes) pairs; ZIP archives are unpacked by the service) as one batch.
 
         With an idempotency key, submitting the same files again returns the batch first created instead of a
-        new one, so a submission whose answer was lost can be repeated safely.
+        new one, so a submission whose answer was lost can be repeated safely. With `explain`, each succeeded
+        job also gets a Grad-CAM heatmap (see `heatmap`).
         """
         files = [("files", _named_bytes(item)) for item in items]
         if not files:
             raise ValueError("nothing to submit: give at least one image")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = self._request("POST", "/jobs", files=files, headers=headers,
+        params = {"explain": "true"} if explain else {}
+        body = self._request("POST", "/jobs", files=files, headers=headers, params=params,
                              resendable=idempotency_key is not None).json()
         return Submission(batch_id=body["batch_id"], jobs=body["jobs"])
 
@@ -142,6 +145,10 @@ class Client:
         """The job's record; with `wait` (at most LONG_POLL seconds), as soon as it finishes within that time."""
         params = {"wait": f"{wait:g}"} if wait else {}
         return self._request("GET", f"/jobs/{job_id}", params=params, read_timeout=self.timeout + wait).json()
+
+    def heatmap(self, job_id: str) -> bytes:
+        """The PNG heatmap of a succeeded job submitted with explain; ServiceError 404 if it has none."""
+        return self._request("GET", f"/jobs/{job_id}/heatmap.png").content
 
     def finished(self, job_ids: Iterable[str], *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Each job once it has finished, in the order given, long-polling; WaitTimeoutError after `timeout` s."""

@@ -68,6 +68,9 @@ class ModelManifest(BaseModel):
     output: Literal["logits", "probabilities"]
     file: ModelFile
     license: str = Field(min_length=1)
+    explain_layer: str | None = Field(default=None, pattern=r"^[^/]+(/[^/]+)*$")
+    """The convolutional layer Grad-CAM explains (pneuradnet.explain): its name, or a path such as
+    `xception/block14_sepconv2_act` for a layer inside a nested model; None: the model cannot be explained."""
     source: Path | None = Field(default=None, exclude=True)  # the manifest file, for relative paths
 
     @model_validator(mode="after")

@@ -3,6 +3,8 @@
 Layout (all under the `pneuradnet:` prefix, all expiring JOB_TTL after submission):
 - `job:{id}`            hash: the job record (see `Job`)
 - `job:{id}:image`      string: the uploaded bytes, deleted as soon as the job finishes
+- `job:{id}:heatmap`    string: the Grad-CAM heatmap over the image as PNG, for a job submitted with explain;
+                        stored before the job succeeds, expiring with the job record
 - `job:{id}:events`     pub/sub channel: the new status on every transition (long-polls listen here)
 - `batch:{id}`          hash: created_at, total, owner
 - `batch:{id}:jobs`     list: the batch's job ids in upload order
@@ -42,6 +44,10 @@ def job_key(job_id: str) -> str:
 
 def image_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:image"
+
+
+def heatmap_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:heatmap"
 
 
 def job_channel(job_id: str) -> str:
@@ -129,6 +135,8 @@ class Job:
     owner: str = ""
     worker: str = ""
     """The model process that last took the job."""
+    explain: bool = False
+    """Submitted with explain: the worker adds a Grad-CAM heatmap (heatmap_key) to its result."""
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Job":
@@ -145,6 +153,7 @@ class Job:
             deliveries=int(fields.get("deliveries", 0)),
             owner=fields.get("owner", ""),
             worker=fields.get("worker", ""),
+            explain=fields.get("explain") == "1",
         )
 
 
@@ -176,14 +185,14 @@ class JobStore:
         self.redis.close()
         self._raw.close()
 
-    def create_batch(self, uploads: Sequence[Upload], *, owner: str = "",
-                     idempotency: str | None = None) -> tuple[Batch, list[Job], bool]:
+    def create_batch(self, uploads: Sequence[Upload], *, owner: str = "", idempotency: str | None = None,
+                     explain: bool = False) -> tuple[Batch, list[Job], bool]:
         """Store a batch, its jobs and their images in one transaction; every job starts queued.
 
-        With an idempotency key, a repeat of the same uploads returns the batch first created (and False:
-        nothing new to enqueue); other uploads under a used key raise IdempotencyConflict.
+        With an idempotency key, a repeat of the same uploads (and the same `explain`) returns the batch first
+        created (and False: nothing new to enqueue); other uploads under a used key raise IdempotencyConflict.
         """
-        fingerprint = _fingerprint(uploads)
+        fingerprint = _fingerprint(uploads, explain=explain)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -193,7 +202,7 @@ class JobStore:
                         if earlier is not None:
                             pipe.reset()
                             return (*self._repeat(json.loads(earlier), fingerprint, idempotency), False)
-                    batch, jobs = self._new_batch(pipe, uploads, owner=owner)
+                    batch, jobs = self._new_batch(pipe, uploads, owner=owner, explain=explain)
                     if idempotency is not None:
                         pipe.set(idempotency_key(owner, idempotency),
                                  json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}), ex=self.ttl)
@@ -202,11 +211,12 @@ class JobStore:
                 except WatchError:
                     continue  # the same key was used concurrently: read what it holds now
 
-    def _new_batch(self, pipe: Pipeline, uploads: Sequence[Upload], *, owner: str) -> tuple[Batch, list[Job]]:
+    def _new_batch(self, pipe: Pipeline, uploads: Sequence[Upload], *, owner: str,
+                   explain: bool) -> tuple[Batch, list[Job]]:
         created_at = now_iso()
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=len(uploads), owner=owner)
         jobs = [Job(id=str(uuid.uuid4()), batch_id=batch.id, status=JobStatus.QUEUED, filename=upload.filename,
-                    created_at=created_at, owner=owner) for upload in uploads]
+                    created_at=created_at, owner=owner, explain=explain) for upload in uploads]
         score = time.time()
         pipe.multi()
         pipe.hset(batch_key(batch.id), mapping={"created_at": created_at, "total": batch.total, "owner": owner})
@@ -261,6 +271,20 @@ class JobStore:
     def image(self, job_id: str) -> bytes | None:
         return self._raw.get(image_key(job_id))
 
+    def save_heatmap(self, job_id: str, png: bytes) -> bool:
+        """Keep a job's heatmap until its record expires; False if the record is already gone.
+
+        Call it before the job succeeds, so that a client told of the success finds the heatmap.
+        """
+        remaining = self.redis.pttl(job_key(job_id))  # ms; -2: no such key, -1: no expiry (never set so here)
+        if remaining == -2:
+            return False
+        self._raw.set(heatmap_key(job_id), png, px=remaining if remaining > 0 else self.ttl * 1000)
+        return True
+
+    def heatmap(self, job_id: str) -> bytes | None:
+        return self._raw.get(heatmap_key(job_id))
+
     def start(self, job_id: str, *, deadline: float, worker: str = "") -> Job | None:
         """Mark a queued (or redelivered running) job as running; None if it is gone or no longer runnable."""
         if not self._move(job_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(), worker=worker):
@@ -313,18 +337,20 @@ class JobStore:
         return bool(moved)
 
 
-def _fingerprint(uploads: Sequence[Upload]) -> str:
+def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:
     digest = hashlib.sha256()
     for upload in uploads:
         for part in (upload.filename.encode(), upload.data):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
+    if explain:  # only then, so that the fingerprints of submissions without it are what they always were
+        digest.update(b"explain")
     return digest.hexdigest()
 
 
 def _job_fields(job: Job) -> dict[str, str]:
     return {"id": job.id, "batch_id": job.batch_id, "status": job.status.value, "filename": job.filename,
-            "created_at": job.created_at, "deliveries": "0", "owner": job.owner}
+            "created_at": job.created_at, "deliveries": "0", "owner": job.owner, "explain": "1" if job.explain else "0"}
 
 
 def now_iso() -> str:

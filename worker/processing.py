@@ -1,18 +1,22 @@
 """Running a chunk of jobs: claim each, decode each, one batched forward pass, store each outcome.
 
 A bad image fails its own job only; an error in the forward pass fails every job of the chunk, so no job
-is left running.
+is left running. A job submitted with explain then gets a Grad-CAM heatmap of its predicted class, made by an
+explainer loaded on the first such job (LazyExplainer); its probabilities still come from the batched pass, and
+an explanation that fails leaves the job succeeded with the reason in its result.
 """
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from pneuradnet.classifier import Classifier, PreparedImage
-from pneuradnet.errors import InvalidImageError
+from pneuradnet.errors import InvalidImageError, PneuradnetError
+from pneuradnet.explain import GradCam, overlay_png
+from pneuradnet.images import decode_image
 from pneuradnet.results import Prediction
 from service.jobstore import Job, JobStore
 from service.logs import job_event
@@ -21,12 +25,45 @@ from service.problems import problem
 
 log = logging.getLogger(__name__)
 
+Explainer = Callable[[], GradCam]
+"""Gives the process's Grad-CAM explainer, loading it on the first call (see LazyExplainer)."""
+
+
+class LazyExplainer:
+    """The Grad-CAM explainer, loaded when the first job with explain arrives: a process that never explains never
+    imports TensorFlow. A load that fails is not retried for every job: its error is kept and raised again."""
+
+    def __init__(self, load: Callable[[], GradCam]) -> None:
+        self._load = load
+        self._explainer: GradCam | None = None
+        self._error: Exception | None = None
+
+    def __call__(self) -> GradCam:
+        # A pool process runs one task at a time, and only tasks call this: no lock needed.
+        if self._explainer is not None:
+            return self._explainer
+        if self._error is not None:
+            raise self._error
+        log.info("first job with explain: loading TensorFlow and the Keras model for Grad-CAM")
+        started = time.perf_counter()
+        try:
+            self._explainer = self._load()
+        except SoftTimeLimitExceeded:
+            raise  # the task's time ran out, not the explainer's fault: the next explained job tries again
+        except Exception as error:
+            self._error = error
+            log.error("the Grad-CAM explainer cannot be loaded, jobs with explain get no heatmap: %s", error)
+            raise
+        log.info("Grad-CAM explainer loaded in %.1f s (layer %s)", time.perf_counter() - started,
+                 "/".join(self._explainer.layer_path))
+        return self._explainer
+
 
 def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, job_timeout: float,
-                 max_deliveries: int, worker: str = "") -> None:
+                 max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
     deadline = time.time() + job_timeout
     claimed = [job for job_id in job_ids if (job := store.start(job_id, deadline=deadline, worker=worker))]
-    prepared: list[tuple[Job, PreparedImage]] = []
+    prepared: list[tuple[Job, PreparedImage, bytes | None]] = []
     for job in claimed:
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
@@ -34,27 +71,33 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
                                       f"the worker processing this image stopped {job.deliveries - 1} times; "
                                       "the image was not classified"))
             continue
-        image = _prepare(store, classifier, job)
-        if image is not None:
-            prepared.append((job, image))
+        outcome = _prepare(store, classifier, job)
+        if outcome is not None:
+            image, data = outcome
+            prepared.append((job, image, data if job.explain else None))  # the bytes, to draw the heatmap over
     observe(store, "queue_wait_seconds", [_seconds_since(job.created_at) for job in claimed])
     if not prepared:
         return
     started = time.perf_counter()
     try:
-        predictions = classifier.predict([image for _, image in prepared])
+        predictions = classifier.predict([image for _, image, _ in prepared])
     except SoftTimeLimitExceeded:
         raise  # JOB_TIMEOUT: the task fails the jobs with that reason
     except Exception as error:
         log.exception("inference failed for %d jobs", len(prepared))
-        for job, _ in prepared:
+        for job, _, _ in prepared:
             _fail(store, job, problem("inference-failed", "Inference failed", 500,
                                       f"the model could not classify this image ({type(error).__name__})"))
         return
     observe(store, "inference_seconds", [time.perf_counter() - started])
     observe(store, "batch_size", [len(prepared)])
-    for (job, _), prediction in zip(prepared, predictions, strict=True):
-        store.succeed(job.id, result_record(prediction))
+    outcomes = list(zip(prepared, predictions, strict=True))
+    # Jobs without explain first: their results do not wait for the heatmaps of the others.
+    for (job, image, data), prediction in sorted(outcomes, key=lambda outcome: outcome[0][0].explain):
+        result = result_record(prediction)
+        if job.explain:
+            result |= _explain(store, job, image, data, prediction, explainer)
+        store.succeed(job.id, result)
         job_event(log, "succeeded", job.id, batch_id=job.batch_id, status="succeeded")
 
 
@@ -65,14 +108,14 @@ def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> 
             _fail(store, job, error)
 
 
-def _prepare(store: JobStore, classifier: Classifier, job: Job) -> PreparedImage | None:
+def _prepare(store: JobStore, classifier: Classifier, job: Job) -> tuple[PreparedImage, bytes] | None:
     data = store.image(job.id)
     if data is None:
         _fail(store, job, problem("image-missing", "Image missing", 500,
                                   "the uploaded image is no longer stored (it expired before a worker took it)"))
         return None
     try:
-        return classifier.prepare(job.filename, data)
+        return classifier.prepare(job.filename, data), data
     except InvalidImageError as error:
         _fail(store, job, problem("invalid-image", "Invalid image", 422, str(error)))
     except SoftTimeLimitExceeded:
@@ -82,6 +125,29 @@ def _prepare(store: JobStore, classifier: Classifier, job: Job) -> PreparedImage
         _fail(store, job, problem("invalid-image", "Invalid image", 422,
                                   f"the image could not be decoded ({type(error).__name__})"))
     return None
+
+
+def _explain(store: JobStore, job: Job, image: PreparedImage, data: bytes, prediction: Prediction,
+             explainer: Explainer | None) -> dict:
+    """The Grad-CAM heatmap of the predicted class over the uploaded image, stored while the image bytes are
+    still here (they go when the job finishes); what the result says about it."""
+    if explainer is None:
+        return {"heatmap": False, "explanation_error": "this worker does not compute explanations"}
+    started = time.perf_counter()
+    try:
+        heatmap = explainer().heatmap(image.pixels, prediction.labels.index(prediction.predicted_class))
+        png = overlay_png(decode_image(data), heatmap)
+    except SoftTimeLimitExceeded:
+        raise
+    except (PneuradnetError, ImportError) as error:  # the model cannot be explained: the message says why
+        return {"heatmap": False, "explanation_error": str(error)}
+    except Exception as error:  # an explanation never costs a job its prediction
+        log.exception("job %s: Grad-CAM failed", job.id)
+        return {"heatmap": False, "explanation_error": f"the heatmap could not be made ({type(error).__name__})"}
+    if not store.save_heatmap(job.id, png):
+        return {"heatmap": False, "explanation_error": "the job expired before its heatmap was stored"}
+    timings = {**prediction.timings_ms, "explain": round((time.perf_counter() - started) * 1000.0, 3)}
+    return {"heatmap": True, "timings_ms": timings}
 
 
 def _seconds_since(timestamp: str) -> float:

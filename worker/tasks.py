@@ -3,6 +3,9 @@
 The prefork pool (not solo) is the choice: the parent stays small and never imports TensorFlow, a child
 killed by a bad input is replaced while its task is redelivered (reject_on_worker_lost), the hard time limit
 can stop a stuck child, and WORKER_CONCURRENCY children scale a worker across cores.
+
+Explanations (jobs submitted with explain) need TensorFlow's gradients whatever the serving runtime: each pool
+process loads its Grad-CAM explainer when its first such job arrives, never before.
 """
 
 import logging
@@ -14,17 +17,19 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from pneuradnet.classifier import Classifier
+from pneuradnet.explain import GradCam
 from pneuradnet.manifest import sha256_of
 from service.jobstore import WORKER_TTL, JobStore, now_iso
 from service.logs import configure_logging
 from service.problems import problem
 from service.settings import get_settings
 from worker.app import CLASSIFY_TASK, celery_app
-from worker.processing import fail_unfinished, process_jobs
+from worker.processing import LazyExplainer, fail_unfinished, process_jobs
 
 log = logging.getLogger(__name__)
 
 _classifier: Classifier | None = None
+_explainer: LazyExplainer | None = None
 _store: JobStore | None = None
 _name = ""
 
@@ -38,7 +43,7 @@ def use_service_logging(**_: object) -> None:
 
 @worker_process_init.connect
 def load_model(**_: object) -> None:
-    global _classifier, _store, _name
+    global _classifier, _explainer, _store, _name
     settings = get_settings()
     _name = f"{socket.gethostname()}:{os.getpid()}"
     _store = JobStore(settings.redis_url, ttl=settings.job_ttl)
@@ -51,6 +56,9 @@ def load_model(**_: object) -> None:
         cache_dir=settings.model_cache_dir,
     )
     _classifier.warm_up()
+    classifier = _classifier
+    _explainer = LazyExplainer(lambda: GradCam(classifier.model_file, classifier.manifest,
+                                               threads=settings.inference_threads))
     manifest = _classifier.manifest
     announcement = {
         "model_name": manifest.name, "model_version": manifest.version, "labels": ",".join(manifest.labels),
@@ -85,7 +93,7 @@ def classify(job_ids: list[str]) -> None:
     settings = get_settings()
     try:
         process_jobs(job_ids, store=_store, classifier=_classifier, job_timeout=settings.job_timeout,
-                     max_deliveries=settings.max_deliveries, worker=_name)
+                     max_deliveries=settings.max_deliveries, worker=_name, explainer=_explainer)
     except SoftTimeLimitExceeded:
         fail_unfinished(job_ids, store=_store, error=problem(
             "job-timeout", "Job timeout", 504, f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))

@@ -11,7 +11,7 @@ from api.problems import ProblemError, problem_responses
 from api.schemas import JobPublic, SubmitResponse
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
-from service.jobstore import Job, JobStore
+from service.jobstore import Job, JobStatus, JobStore
 from service.logs import job_event
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,12 @@ MAX_WAIT = 30.0
 
 POLL_AFTER = 1
 """Seconds a client is told to wait before polling an unfinished job again."""
+
+
+class PngResponse(Response):
+    """A PNG image; FastAPI documents a route's 200 with this media type."""
+
+    media_type = "image/png"
 
 
 @router.post("/jobs", status_code=202, response_model=SubmitResponse,
@@ -35,11 +41,13 @@ async def submit_jobs(
     files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG) or ZIP archives of them")] = [],  # noqa: B006
     file: Annotated[UploadFile | None, File(description="One image; accepted for old clients")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Repeat-safe submission")] = None,
+    explain: Annotated[bool, Query(description="Also make a Grad-CAM heatmap of what the model looked at, for "
+                                               "each image (GET /jobs/{id}/heatmap.png); takes longer")] = False,
 ) -> SubmitResponse:
     uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
                                  max_files=settings.max_files_per_request)
     batch, jobs = await submit_batch(store, batcher, uploads, owner=owner, idempotency=idempotency_key,
-                                     max_queue=settings.max_queue)
+                                     max_queue=settings.max_queue, explain=explain)
     response.headers["Location"] = f"/batches/{batch.id}"
     return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
 
@@ -59,6 +67,37 @@ async def get_job(
     if not job.status.finished:
         response.headers["Retry-After"] = str(POLL_AFTER)
     return JobPublic.of(job)
+
+
+@router.get("/jobs/{job_id}/heatmap.png", response_class=PngResponse, response_model=None,
+            responses={200: {"description": "The radiograph at its own size with the Grad-CAM heatmap of its "
+                                            "predicted class blended over it",
+                             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                       **problem_responses(401, 404, 409, 422, 503)})
+async def get_heatmap(job_id: UUID, store: StoreDep, owner: OwnerDep) -> PngResponse:
+    """The heatmap of a job submitted with `explain=true`, once it has succeeded.
+
+    404 if the job was submitted without explain, failed, or its explanation failed (its
+    `result.explanation_error` says why); 409, with Retry-After, while an explained job has not finished.
+    """
+    job = await owned_job(store, str(job_id), owner)
+    if job.explain and not job.status.finished:
+        raise ProblemError(409, "job-not-finished", f"job {job.id} is {job.status.value}: its heatmap comes when it "
+                           f"has succeeded; poll GET /jobs/{job.id}", headers={"Retry-After": str(POLL_AFTER)})
+    png = await run_in_threadpool(store.heatmap, job.id) if job.explain else None
+    if png is None:
+        raise ProblemError(404, "heatmap-not-found", f"job {job.id} has no heatmap: {_no_heatmap_reason(job)}")
+    # no-store: the heatmap shows the radiograph itself, which no browser or proxy should keep.
+    return PngResponse(png, headers={"Cache-Control": "no-store",
+                                     "Content-Disposition": f'inline; filename="heatmap-{job.id}.png"'})
+
+
+def _no_heatmap_reason(job: Job) -> str:
+    if not job.explain:
+        return "it was not submitted with explain=true"
+    if job.status is not JobStatus.SUCCEEDED:
+        return f"its status is {job.status.value}"
+    return (job.result or {}).get("explanation_error") or "it has expired"
 
 
 @router.delete("/jobs/{job_id}", response_model=JobPublic,

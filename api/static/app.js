@@ -15,6 +15,8 @@ const PAGE_SIZE = 1000;
 const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
 /** The "Show" filter's value for files without a result. */
 const FAILED_FILTER = "__failed";
+/** How opaque a heatmap is over its thumbnail at first, in percent (the PNG itself already blends it). */
+const HEATMAP_OPACITY = 100;
 
 const FINISHED = new Set(["succeeded", "failed", "canceled", "expired"]);
 const STATUS_TEXT = {
@@ -209,7 +211,7 @@ const elements = new Map(); // row key -> <li>
 
 function newRow(fields) {
   return { key: state.nextKey++, kind: "image", name: "", thumb: null, archive: "", status: "uploading",
-    job: null, message: "", dirty: true, ...fields };
+    job: null, message: "", heatmap: null, dirty: true, ...fields };
 }
 
 function setJob(row, job) {
@@ -217,6 +219,9 @@ function setJob(row, job) {
   row.status = job.status;
   row.message = job.error?.detail || "";
   row.dirty = true;
+  if (job.result?.heatmap_url && !row.heatmap) {
+    row.heatmap = { url: null, requested: false, error: "", shown: true, opacity: HEATMAP_OPACITY };
+  }
   rowsByJobId.set(job.id, row);
 }
 
@@ -244,10 +249,11 @@ async function submit(fileList) {
 
   const form = new FormData();
   for (const file of [...images, ...archives]) form.append("files", file, file.name);
+  const explain = document.getElementById("explain").checked;
   const generation = state.generation;
   let answer;
   try {
-    answer = await api("jobs", { method: "POST", body: form });
+    answer = await api(explain ? "jobs?explain=true" : "jobs", { method: "POST", body: form });
   } catch (error) {
     if (generation !== state.generation) return;
     // Nothing of a refused upload was queued: its tiles go, and the alert says why (the API's own words).
@@ -411,11 +417,74 @@ function renderRow(row) {
   if (result) {
     body.push(renderVerdict(result), renderProbabilities(result),
       element("p", { className: "model" }, `Model ${result.model.name} ${result.model.version}`));
+    if (row.heatmap) body.push(renderHeatmapControls(row));
+    else if (result.explanation_error) {
+      body.push(element("p", { className: "heatmap-note" }, `No heatmap: ${sentence(result.explanation_error)}`));
+    }
   } else if (row.message) {
     const failed = ["failed", "expired"].includes(row.status);
     body.push(element("p", { className: failed ? "error-detail" : "pending-detail" }, sentence(row.message)));
   }
   item.querySelector(".result-body").replaceChildren(...body);
+  if (row.heatmap && !row.heatmap.requested) loadHeatmap(row);
+  applyHeatmap(row);
+}
+
+// --- Heatmaps --------------------------------------------------------------------------------------------------
+// A job submitted with explain has a PNG of its image with the heatmap blended in. It is fetched through `api()`
+// (an <img src> could not carry the API key) and laid over the thumbnail; a toggle and a slider fade it in and out.
+
+async function loadHeatmap(row) {
+  row.heatmap.requested = true;
+  const generation = state.generation;
+  try {
+    const blob = await api(`jobs/${encodeURIComponent(row.job.id)}/heatmap.png`, { blob: true });
+    if (generation !== state.generation) return;
+    row.heatmap.url = URL.createObjectURL(blob);
+  } catch (error) {
+    if (generation !== state.generation) return;
+    row.heatmap.error = error.detail;
+  }
+  row.dirty = true;
+  render();
+}
+
+function renderHeatmapControls(row) {
+  const heatmap = row.heatmap;
+  if (heatmap.error) return element("p", { className: "heatmap-note" }, `No heatmap: ${sentence(heatmap.error)}`);
+  if (!heatmap.url) return element("p", { className: "heatmap-note" }, "Loading the heatmap…");
+  const id = `heatmap-${row.key}`;
+  const show = element("input", { type: "checkbox", id: `${id}-show`, checked: heatmap.shown });
+  const opacity = element("input", { type: "range", id: `${id}-opacity`, min: "0", max: "100", step: "5",
+    value: String(heatmap.opacity), disabled: !heatmap.shown });
+  show.addEventListener("change", () => {
+    heatmap.shown = show.checked;
+    opacity.disabled = !show.checked;
+    applyHeatmap(row);
+  });
+  opacity.addEventListener("input", () => {
+    heatmap.opacity = Number(opacity.value);
+    applyHeatmap(row);
+  });
+  return element("div", { className: "heatmap-controls" },
+    element("span", { className: "heatmap-control" }, show, element("label", { htmlFor: show.id }, "Show heatmap")),
+    element("span", { className: "heatmap-control" },
+      element("label", { htmlFor: opacity.id }, "Heatmap opacity"), opacity),
+    element("a", { href: heatmap.url, target: "_blank", rel: "noopener" }, "Full size"));
+}
+
+/** Puts the heatmap over the thumbnail (or over the placeholder of an image from a ZIP), as the controls say. */
+function applyHeatmap(row) {
+  const frame = elements.get(row.key)?.querySelector(".thumb");
+  if (!frame || !row.heatmap?.url) return;
+  let overlay = frame.querySelector(".thumb-heatmap");
+  if (!overlay) {
+    overlay = element("img", { className: "thumb-heatmap", src: row.heatmap.url, alt: `Heatmap of ${row.name}`,
+      decoding: "async" });
+    frame.append(overlay);
+  }
+  overlay.hidden = !row.heatmap.shown;
+  overlay.style.opacity = String(row.heatmap.opacity / 100);
 }
 
 function renderThumb(row) {
@@ -563,7 +632,7 @@ function timestamp() {
 function clearResults() {
   state.generation += 1;
   cancelKeyForm(); // an upload waiting for the key is dropped, not sent later
-  for (const row of state.rows) if (row.thumb) URL.revokeObjectURL(row.thumb);
+  for (const row of state.rows) revokeUrls(row);
   state.rows = [];
   state.batches = [];
   rowsByJobId.clear();
@@ -578,9 +647,14 @@ function clearResults() {
 function removeRows(rows) {
   state.rows = state.rows.filter((row) => !rows.includes(row));
   for (const row of rows) {
-    if (row.thumb) URL.revokeObjectURL(row.thumb);
+    revokeUrls(row);
     removeElement(row);
   }
+}
+
+function revokeUrls(row) {
+  if (row.thumb) URL.revokeObjectURL(row.thumb);
+  if (row.heatmap?.url) URL.revokeObjectURL(row.heatmap.url);
 }
 
 function removeElement(row) {

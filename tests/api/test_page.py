@@ -175,6 +175,28 @@ def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: h
     page.screenshot(path=ARTIFACTS / "page-narrow.png", full_page=True)
 
 
+def test_an_explained_upload_shows_its_heatmap_over_the_thumbnail(page: Page, radiographs: list[Path]):
+    page.get_by_label("Explain (heatmap)").check()
+    with page.expect_response(lambda r: r.url.endswith("/jobs?explain=true") and r.request.method == "POST") as answer:
+        page.locator("#file-input").set_input_files([payload(radiographs[-1])])
+    assert answer.value.status == 202
+
+    row = page.locator("#results > li").first
+    show = row.get_by_label("Show heatmap")
+    expect(show).to_be_checked(timeout=RESULTS_TIMEOUT_MS)  # the worker's first explanation loads TensorFlow
+    overlay = row.locator(".thumb .thumb-heatmap")
+    expect(overlay).to_be_visible()
+    expect(overlay).to_have_attribute("alt", f"Heatmap of {radiographs[-1].name}")
+    opacity = row.get_by_label("Heatmap opacity")
+    opacity.fill("40")
+    expect(overlay).to_have_css("opacity", "0.4")
+    ARTIFACTS.mkdir(exist_ok=True)
+    row.screenshot(path=ARTIFACTS / "page-heatmap.png")
+    show.uncheck()
+    expect(overlay).to_be_hidden()
+    expect(opacity).to_be_disabled()
+
+
 def test_a_zip_shows_a_placeholder_then_one_row_per_image(page: Page, client: httpx.Client,
                                                           radiographs: list[Path]):
     archive = io.BytesIO()

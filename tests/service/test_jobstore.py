@@ -10,6 +10,7 @@ def test_key_formats_are_pinned():
     # Deployed workers and APIs of different versions share Redis: these names are an interface.
     assert jobstore.job_key("j1") == "pneuradnet:job:j1"
     assert jobstore.image_key("j1") == "pneuradnet:job:j1:image"
+    assert jobstore.heatmap_key("j1") == "pneuradnet:job:j1:heatmap"
     assert jobstore.job_channel("j1") == "pneuradnet:job:j1:events"
     assert jobstore.batch_key("b1") == "pneuradnet:batch:b1"
     assert jobstore.batch_jobs_key("b1") == "pneuradnet:batch:b1:jobs"
@@ -90,6 +91,30 @@ def test_every_transition_is_published_on_the_job_channel(store: JobStore):
     messages = [pubsub.get_message(timeout=1) for _ in range(2)]
     assert [message["data"] for message in messages] == ["running", "failed"]
     pubsub.close()
+
+
+def test_an_explained_job_keeps_its_heatmap_as_long_as_its_record(store: JobStore):
+    _, (job,), _ = store.create_batch([Upload("a.png", b"\x89PNG a")], explain=True)
+    (plain,) = submit(store, "b.png")
+    assert store.get_job(job.id).explain and not store.get_job(plain.id).explain
+
+    store.start(job.id, deadline=time.time() + 60)
+    assert store.save_heatmap(job.id, b"\x89PNG heatmap")
+    store.succeed(job.id, {"heatmap": True})
+
+    assert store.heatmap(job.id) == b"\x89PNG heatmap"
+    assert store.heatmap(plain.id) is None
+    assert abs(store.redis.pttl(jobstore.heatmap_key(job.id)) - store.redis.pttl(jobstore.job_key(job.id))) < 1000
+    assert not store.save_heatmap("no-such-job", b"\x89PNG")
+    assert store.heatmap("no-such-job") is None
+
+
+def test_the_same_files_with_and_without_explain_are_different_submissions(store: JobStore):
+    uploads = [Upload("a.png", b"\x89PNG a")]
+    store.create_batch(uploads, idempotency="key-1")
+
+    with pytest.raises(jobstore.IdempotencyConflict):
+        store.create_batch(uploads, idempotency="key-1", explain=True)
 
 
 def test_an_unknown_job_is_none_and_cannot_move(store: JobStore):

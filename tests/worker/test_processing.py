@@ -1,0 +1,83 @@
+"""Running a chunk of jobs in-process (worker.processing) with the real default model and real Redis: what an
+explained job stores, and what it does when its explanation cannot be made."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneuradnet.errors import ModelManifestError
+from service.jobstore import JobStatus, JobStore, Upload
+from service.processes import ROOT
+from worker.processing import LazyExplainer, process_jobs
+
+
+class StripedExplainer:
+    """Stands in for GradCam: a fixed heatmap, and the calls it got."""
+
+    layer_path = ("fake",)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], int]] = []
+
+    def heatmap(self, pixels: np.ndarray, class_index: int) -> np.ndarray:
+        self.calls.append((pixels.shape, class_index))
+        return np.tile(np.linspace(0, 1, 5, dtype=np.float32), (5, 1))
+
+
+def run(store: JobStore, classifier, job_ids: list[str], explainer) -> None:
+    process_jobs(job_ids, store=store, classifier=classifier, job_timeout=60, max_deliveries=3, explainer=explainer)
+
+
+@pytest.mark.model
+def test_only_the_explained_job_gets_a_heatmap_stored_before_it_succeeds(store: JobStore, default_classifier,
+                                                                        radiographs: list[Path]):
+    data = radiographs[-1].read_bytes()
+    _, (explained,), _ = store.create_batch([Upload("a.jpeg", data)], explain=True)
+    _, (plain,), _ = store.create_batch([Upload("b.jpeg", data)])
+    fake = StripedExplainer()
+    loads = []
+
+    run(store, default_classifier, [explained.id, plain.id], LazyExplainer(lambda: loads.append(1) or fake))
+
+    explained, plain = store.get_job(explained.id), store.get_job(plain.id)
+    assert explained.status is plain.status is JobStatus.SUCCEEDED
+    assert explained.result["predictions"] == plain.result["predictions"]
+    assert explained.result["heatmap"] is True and "explain" in explained.result["timings_ms"]
+    assert "heatmap" not in plain.result
+    predicted = explained.result["labels"].index(explained.result["predicted_class"])
+    assert fake.calls == [((150, 150, 3), predicted)] and loads == [1]
+    assert Image.open(io.BytesIO(store.heatmap(explained.id))).size == Image.open(radiographs[-1]).size
+    assert store.heatmap(plain.id) is None
+
+
+@pytest.mark.model
+def test_an_explanation_that_cannot_be_made_leaves_the_prediction_and_says_why(store: JobStore, default_classifier,
+                                                                               radiographs: list[Path]):
+    attempts = []
+
+    def broken():
+        attempts.append(1)
+        raise ModelManifestError("manifest 'x' names no explain_layer")
+
+    explainer = LazyExplainer(broken)
+    for _ in range(2):
+        _, (job,), _ = store.create_batch([Upload("a.jpeg", radiographs[0].read_bytes())], explain=True)
+        run(store, default_classifier, [job.id], explainer)
+
+        done = store.get_job(job.id)
+        assert done.status is JobStatus.SUCCEEDED and done.result["predicted_class"]
+        assert done.result["heatmap"] is False
+        assert done.result["explanation_error"] == "manifest 'x' names no explain_layer"
+        assert store.heatmap(job.id) is None
+    assert attempts == [1], "a load that failed is not tried again for every job"
+
+
+def test_the_worker_module_does_not_import_tensorflow():
+    probe = "import sys, worker.tasks; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert imported.stdout.strip() == "[]"
