@@ -268,8 +268,9 @@ class JobStore:
             pipe.hget(job_key(job_id), "status")
         return [JobStatus(status) for status in pipe.execute() if status]
 
-    def image(self, job_id: str) -> bytes | None:
-        return self._raw.get(image_key(job_id))
+    def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The uploaded bytes of each job, in order, in one round trip; None where they are gone."""
+        return self._raw.mget([image_key(job_id) for job_id in job_ids]) if job_ids else []
 
     def save_heatmap(self, job_id: str, png: bytes) -> bool:
         """Keep a job's heatmap until its record expires; False if the record is already gone.
@@ -287,12 +288,27 @@ class JobStore:
 
     def start(self, job_id: str, *, deadline: float, worker: str = "") -> Job | None:
         """Mark a queued (or redelivered running) job as running; None if it is gone or no longer runnable."""
-        if not self._move(job_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(), worker=worker):
-            return None
-        return self.get_job(job_id)
+        started = self.start_many([job_id], deadline=deadline, worker=worker)
+        return started[0] if started else None
+
+    def start_many(self, job_ids: Sequence[str], *, deadline: float, worker: str = "") -> list[Job]:
+        """start() for each job, in one round trip: the jobs that started, in order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._queue_move(pipe, job_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(), worker=worker)
+        moved = pipe.execute()
+        return self.get_jobs([job_id for job_id, (ok, _) in zip(job_ids, moved, strict=True) if ok])
 
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        return self._move(job_id, JobStatus.SUCCEEDED, result=json.dumps(result), finished_at=now_iso())
+        return self.succeed_many({job_id: result}) == [job_id]
+
+    def succeed_many(self, results: dict[str, dict[str, Any]]) -> list[str]:
+        """succeed() for each job, in one round trip: the ids of the jobs that succeeded."""
+        pipe = self.redis.pipeline(transaction=False)
+        finished_at = now_iso()
+        for job_id, result in results.items():
+            self._queue_move(pipe, job_id, JobStatus.SUCCEEDED, result=json.dumps(result), finished_at=finished_at)
+        return [job_id for job_id, (ok, _) in zip(results, pipe.execute(), strict=True) if ok]
 
     def fail(self, job_id: str, error: dict[str, Any]) -> bool:
         return self._move(job_id, JobStatus.FAILED, error=json.dumps(error), finished_at=now_iso())
@@ -328,13 +344,21 @@ class JobStore:
         return [info for info in pipe.execute() if info]
 
     def _move(self, job_id: str, target: JobStatus, *, score: float = 0.0, **fields: str) -> bool:
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_move(pipe, job_id, target, score=score, **fields)
+        ((moved, _),) = pipe.execute()
+        return bool(moved)
+
+    def _queue_move(self, pipe: Pipeline, job_id: str, target: JobStatus, *, score: float = 0.0,
+                    **fields: str) -> None:
+        """Queue the transition script on `pipe`; its answer, [moved, status before], comes from execute()."""
         allowed = "," + ",".join(ALLOWED_FROM[target]) + ","
         pairs = [item for pair in fields.items() for item in pair]
-        moved, _ = self._transition(
+        self._transition(
             keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS],
             args=[job_id, allowed, target.value, score, job_channel(job_id), *pairs],
+            client=pipe,
         )
-        return bool(moved)
 
 
 def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:

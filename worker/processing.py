@@ -62,18 +62,17 @@ class LazyExplainer:
 def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, job_timeout: float,
                  max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
     deadline = time.time() + job_timeout
-    claimed = [job for job_id in job_ids if (job := store.start(job_id, deadline=deadline, worker=worker))]
+    claimed = store.start_many(job_ids, deadline=deadline, worker=worker)
     prepared: list[tuple[Job, PreparedImage, bytes | None]] = []
-    for job in claimed:
+    for job, data in zip(claimed, store.images([job.id for job in claimed]), strict=True):
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
             _fail(store, job, problem("worker-lost", "Worker lost", 500,
                                       f"the worker processing this image stopped {job.deliveries - 1} times; "
                                       "the image was not classified"))
             continue
-        outcome = _prepare(store, classifier, job)
-        if outcome is not None:
-            image, data = outcome
+        image = _prepare(store, classifier, job, data)
+        if image is not None:
             prepared.append((job, image, data if job.explain else None))  # the bytes, to draw the heatmap over
     observe(store, "queue_wait_seconds", [_seconds_since(job.created_at) for job in claimed])
     if not prepared:
@@ -92,13 +91,19 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     observe(store, "inference_seconds", [time.perf_counter() - started])
     observe(store, "batch_size", [len(prepared)])
     outcomes = list(zip(prepared, predictions, strict=True))
-    # Jobs without explain first: their results do not wait for the heatmaps of the others.
-    for (job, image, data), prediction in sorted(outcomes, key=lambda outcome: outcome[0][0].explain):
-        result = result_record(prediction)
+    # Jobs without explain first, in one round trip: their results do not wait for the heatmaps of the others.
+    _succeed(store, [(job, result_record(prediction)) for (job, _, _), prediction in outcomes if not job.explain])
+    for (job, image, data), prediction in outcomes:
         if job.explain:
-            result |= _explain(store, job, image, data, prediction, explainer)
-        store.succeed(job.id, result)
-        job_event(log, "succeeded", job.id, batch_id=job.batch_id, status="succeeded")
+            _succeed(store, [(job, result_record(prediction) | _explain(store, job, image, data, prediction,
+                                                                        explainer))])
+
+
+def _succeed(store: JobStore, results: list[tuple[Job, dict]]) -> None:
+    succeeded = set(store.succeed_many({job.id: result for job, result in results}))
+    for job, _ in results:
+        if job.id in succeeded:
+            job_event(log, "succeeded", job.id, batch_id=job.batch_id, status="succeeded")
 
 
 def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> None:
@@ -108,14 +113,13 @@ def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> 
             _fail(store, job, error)
 
 
-def _prepare(store: JobStore, classifier: Classifier, job: Job) -> tuple[PreparedImage, bytes] | None:
-    data = store.image(job.id)
+def _prepare(store: JobStore, classifier: Classifier, job: Job, data: bytes | None) -> PreparedImage | None:
     if data is None:
         _fail(store, job, problem("image-missing", "Image missing", 500,
                                   "the uploaded image is no longer stored (it expired before a worker took it)"))
         return None
     try:
-        return classifier.prepare(job.filename, data), data
+        return classifier.prepare(job.filename, data)
     except InvalidImageError as error:
         _fail(store, job, problem("invalid-image", "Invalid image", 422, str(error)))
     except SoftTimeLimitExceeded:

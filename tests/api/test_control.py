@@ -82,7 +82,7 @@ def test_a_canceled_job_never_runs(client: httpx.Client, store: JobStore, radiog
     assert client.get(f"/jobs/{kept.id}", params={"wait": 30}).json()["status"] == "succeeded"
     job = store.get_job(canceled.id)
     assert job.status is JobStatus.CANCELED and job.started_at is None and job.result is None
-    assert store.image(canceled.id) is None
+    assert store.images([canceled.id])[0] is None
 
 
 def test_only_unstarted_jobs_of_a_batch_are_canceled(client: httpx.Client, store: JobStore, radiographs: list[Path]):

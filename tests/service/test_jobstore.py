@@ -29,7 +29,7 @@ def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore):
     assert store.get_batch(batch.id).total == 2
     assert store.batch_job_ids(batch.id) == [job.id for job in jobs]
     assert [job.status for job in store.get_jobs([job.id for job in jobs])] == [JobStatus.QUEUED] * 2
-    assert store.image(jobs[1].id) == b"\xff\xd8 b"
+    assert store.images([jobs[1].id])[0] == b"\xff\xd8 b"
     assert store.queued_count() == 2
     for key in (jobstore.batch_key(batch.id), jobstore.job_key(jobs[0].id), jobstore.image_key(jobs[0].id)):
         assert 0 < store.redis.ttl(key) <= 600
@@ -46,7 +46,7 @@ def test_a_job_runs_then_succeeds_and_its_image_is_deleted(store: JobStore):
     assert store.succeed(job.id, {"predicted_class": "NORMAL"})
     done = store.get_job(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.result == {"predicted_class": "NORMAL"} and done.finished_at
-    assert store.image(job.id) is None
+    assert store.images([job.id])[0] is None
     assert store.redis.zscore(RUNNING_REGISTRY, job.id) is None
 
 
@@ -76,7 +76,7 @@ def test_only_a_queued_job_can_be_canceled(store: JobStore):
     assert not store.cancel(running.id)
     assert store.get_job(queued.id).status is JobStatus.CANCELED
     assert store.start(queued.id, deadline=time.time() + 60) is None
-    assert store.image(queued.id) is None
+    assert store.images([queued.id])[0] is None
 
 
 def test_every_transition_is_published_on_the_job_channel(store: JobStore):
