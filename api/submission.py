@@ -2,17 +2,21 @@
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from api.batcher import EnqueueBatcher
 from api.problems import ProblemError
-from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload, job_channel
+from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload, batch_channel, job_channel
 from service.logs import job_event
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BUSY_RETRY_AFTER = 30
 """Seconds a client is asked to wait when the queue is full."""
@@ -41,14 +45,26 @@ async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[U
 
 async def wait_for_job(store: JobStore, redis: AsyncRedis, job_id: str, *, timeout: float) -> Job | None:
     """The job as soon as it finishes, or as it is when `timeout` seconds have passed."""
+    return await _wait(redis, job_channel(job_id), partial(store.get_job, job_id),
+                       lambda job: job.status.finished, timeout=timeout)
+
+
+async def wait_for_batch(store: JobStore, redis: AsyncRedis, batch_id: str, *, timeout: float) -> Batch | None:
+    """The batch as soon as all its jobs have finished, or as it is when `timeout` seconds have passed."""
+    return await _wait(redis, batch_channel(batch_id), partial(store.get_batch, batch_id),
+                       lambda batch: batch.done, timeout=timeout)
+
+
+async def _wait(redis: AsyncRedis, channel: str, read: Callable[[], T | None], finished: Callable[[T], bool], *,
+                timeout: float) -> T | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-        await pubsub.subscribe(job_channel(job_id))
+        await pubsub.subscribe(channel)
         while True:
             # Read after subscribing: a finish published in between is then seen here, not lost.
-            job = await run_in_threadpool(store.get_job, job_id)
+            current = await run_in_threadpool(read)
             remaining = deadline - loop.time()
-            if job is None or job.status.finished or remaining <= 0:
-                return job
+            if current is None or finished(current) or remaining <= 0:
+                return current
             await pubsub.get_message(timeout=remaining)

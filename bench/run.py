@@ -119,10 +119,12 @@ def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespa
 
 def _bulk(client: httpx.Client, images: list[Path]) -> float:
     started = time.perf_counter()
-    answer = client.post("/jobs", files=[("files", (path.name, path.read_bytes())) for path in images])
-    for job in answer.json()["jobs"]:
-        assert client.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
-    return len(images) / (time.perf_counter() - started)
+    batch_id = client.post("/jobs", files=[("files", (p.name, p.read_bytes())) for p in images]).json()["batch_id"]
+    while "retry-after" in (answer := client.get(f"/batches/{batch_id}", params={"wait": 30})).headers:
+        pass  # a long-poll of the whole batch: answered as soon as its last job finishes
+    elapsed = time.perf_counter() - started
+    assert answer.json()["counts"]["succeeded"] == len(images)
+    return len(images) / elapsed
 
 
 def _sync(client: httpx.Client, images: list[Path]) -> float:

@@ -6,7 +6,8 @@ Layout (all under the `pneuradnet:` prefix, all expiring JOB_TTL after submissio
 - `job:{id}:heatmap`    string: the Grad-CAM heatmap over the image as PNG, for a job submitted with explain;
                         stored before the job succeeds, expiring with the job record
 - `job:{id}:events`     pub/sub channel: the new status on every transition (long-polls listen here)
-- `batch:{id}`          hash: created_at, total, owner
+- `batch:{id}`          hash: created_at, total, owner, finished (jobs finished so far)
+- `batch:{id}:events`   pub/sub channel: the new status of each of its jobs that finishes (batch long-polls)
 - `batch:{id}:jobs`     list: the batch's job ids in upload order
 - `registry:queued`     sorted set: queued job ids scored by submission time (queue depth, backpressure)
 - `registry:running`    sorted set: running job ids scored by their deadline
@@ -54,8 +55,15 @@ def job_channel(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+BATCH_KEY_PREFIX = f"{PREFIX}:batch:"
+
+
 def batch_key(batch_id: str) -> str:
-    return f"{PREFIX}:batch:{batch_id}"
+    return f"{BATCH_KEY_PREFIX}{batch_id}"
+
+
+def batch_channel(batch_id: str) -> str:
+    return f"{BATCH_KEY_PREFIX}{batch_id}:events"
 
 
 def batch_jobs_key(batch_id: str) -> str:
@@ -105,7 +113,7 @@ if not status then return {0, ''} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {0, status} end
 local target = ARGV[3]
 redis.call('HSET', KEYS[1], 'status', target)
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 if target == 'running' then
@@ -113,6 +121,11 @@ if target == 'running' then
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 else
   redis.call('DEL', KEYS[2])
+  local batch = ARGV[6] .. redis.call('HGET', KEYS[1], 'batch_id')
+  if redis.call('EXISTS', batch) == 1 then
+    redis.call('HINCRBY', batch, 'finished', 1)
+    redis.call('PUBLISH', batch .. ':events', target)
+  end
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
@@ -163,6 +176,12 @@ class Batch:
     created_at: str
     total: int
     owner: str
+    finished: int = 0
+    """Jobs of the batch that have finished (succeeded, failed or canceled)."""
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.total
 
 
 @dataclass(frozen=True)
@@ -255,7 +274,8 @@ class JobStore:
         fields = self.redis.hgetall(batch_key(batch_id))
         if not fields:
             return None
-        return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"])
+        return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
+                     finished=int(fields.get("finished", 0)))
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
@@ -356,7 +376,7 @@ class JobStore:
         pairs = [item for pair in fields.items() for item in pair]
         self._transition(
             keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS],
-            args=[job_id, allowed, target.value, score, job_channel(job_id), *pairs],
+            args=[job_id, allowed, target.value, score, job_channel(job_id), BATCH_KEY_PREFIX, *pairs],
             client=pipe,
         )
 

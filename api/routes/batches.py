@@ -9,9 +9,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
-from api.deps import StoreDep
+from api.deps import AsyncRedisDep, StoreDep
 from api.problems import ProblemError, problem_responses
+from api.routes.jobs import MAX_WAIT, POLL_AFTER
 from api.schemas import BatchPublic, CancelResult, JobPublic
+from api.submission import wait_for_batch
 from service.jobstore import Batch, Job, JobStatus, JobStore
 from service.logs import job_event
 
@@ -27,17 +29,24 @@ MAX_PAGE_SIZE = 1000
                        **problem_responses(401, 404, 422, 503)})
 async def get_batch(
     batch_id: UUID,
+    response: Response,
     store: StoreDep,
+    redis: AsyncRedisDep,
     owner: OwnerDep,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(pattern=r"^\d{1,9}$", description="From the previous page")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="csv: one row per image, every job")] = "json",
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait for every job to finish")] = 0,
 ) -> BatchPublic | Response:
     batch = await owned_batch(store, str(batch_id), owner)
+    if wait and not batch.done:
+        batch = await wait_for_batch(store, redis, batch.id, timeout=wait) or batch
     if format == "csv":
         jobs = await run_in_threadpool(_jobs_of, store, batch.id, 0, -1)
         return Response(_to_csv(jobs), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"'})
+    if not batch.done:
+        response.headers["Retry-After"] = str(POLL_AFTER)
     return await run_in_threadpool(_page, store, batch, int(page_token or 0), page_size)
 
 

@@ -175,3 +175,24 @@ def test_the_api_process_never_imports_tensorflow():
     probe = "import sys, api.main; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert imported.stdout.strip() == "[]"
+
+
+def test_a_batch_long_poll_answers_once_every_job_has_finished(client: httpx.Client, radiographs: list[Path]):
+    files = [*upload(radiographs[:5]), ("files", ("bad.png", b"not an image"))]
+    body = client.post("/jobs", files=files).json()
+
+    answer = client.get(f"/batches/{body['batch_id']}", params={"wait": 30})
+
+    batch = answer.json()
+    assert batch["counts"]["succeeded"] == 5 and batch["counts"]["failed"] == 1
+    assert all(job["finished_at"] for job in batch["jobs"])
+    assert "retry-after" not in answer.headers
+
+
+def test_an_unfinished_batch_tells_the_client_when_to_poll_again(client: httpx.Client, store: JobStore):
+    batch, _, _ = store.create_batch([Upload("never-enqueued.png", b"\x89PNG")])
+
+    answer = client.get(f"/batches/{batch.id}", params={"wait": 0.5})
+
+    assert answer.json()["counts"]["queued"] == 1
+    assert answer.headers["retry-after"] == "1"

@@ -14,6 +14,7 @@ def test_key_formats_are_pinned():
     assert jobstore.job_channel("j1") == "pneuradnet:job:j1:events"
     assert jobstore.batch_key("b1") == "pneuradnet:batch:b1"
     assert jobstore.batch_jobs_key("b1") == "pneuradnet:batch:b1:jobs"
+    assert jobstore.batch_channel("b1") == "pneuradnet:batch:b1:events"
     assert QUEUED_REGISTRY == "pneuradnet:registry:queued"
     assert RUNNING_REGISTRY == "pneuradnet:registry:running"
 
@@ -127,3 +128,20 @@ def test_an_unknown_job_is_none_and_cannot_move(store: JobStore):
 def test_the_state_machine_only_moves_forward(target: JobStatus):
     # No transition leads out of a finished state.
     assert not any(status.finished for status in jobstore.ALLOWED_FROM[target])
+
+
+def test_a_batch_counts_its_finished_jobs_and_announces_each(store: JobStore):
+    batch, (done, canceled, waiting), _ = store.create_batch([Upload(f"{n}.png", b"x") for n in range(3)])
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(jobstore.batch_channel(batch.id))
+    pubsub.get_message(timeout=1)
+
+    store.start(done.id, deadline=time.time() + 60)
+    store.succeed(done.id, {})
+    store.cancel(canceled.id)
+
+    assert store.get_batch(batch.id).finished == 2 and not store.get_batch(batch.id).done
+    assert [pubsub.get_message(timeout=1)["data"] for _ in range(2)] == ["succeeded", "canceled"]
+    store.fail(waiting.id, {"detail": "broken"})
+    assert store.get_batch(batch.id).done
+    pubsub.close()
