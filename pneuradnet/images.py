@@ -10,6 +10,9 @@ from pneuradnet.errors import InvalidImageError
 ACCEPTED_FORMATS = ("PNG", "JPEG")
 """Formats Pillow decodes for the service; DICOM, recognised by its marker, is decoded by pneuradnet.dicom."""
 
+ACCEPTED = "PNG, JPEG or DICOM"
+"""What error messages tell a person to send."""
+
 DICOM_MARKER = b"DICM"
 """What a DICOM file (PS3.10) holds after its 128-byte preamble, whatever the file is named."""
 
@@ -77,9 +80,9 @@ def _open(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImageError(f"not an image: send {' or '.join(ACCEPTED_FORMATS)}") from error
+        raise InvalidImageError(f"not an image: send {ACCEPTED}") from error
     if image.format not in ACCEPTED_FORMATS:
-        raise InvalidImageError(f"{image.format} images are not accepted: send {' or '.join(ACCEPTED_FORMATS)}")
+        raise InvalidImageError(f"{image.format} images are not accepted: send {ACCEPTED}")
     return image
 
 

@@ -38,7 +38,7 @@ async def submit_jobs(
     store: StoreDep,
     batcher: BatcherDep,
     owner: OwnerDep,
-    files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG) or ZIP archives of them")] = [],  # noqa: B006
+    files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG, DICOM) or ZIP archives of them")] = [],  # noqa: B006
     file: Annotated[UploadFile | None, File(description="One image; accepted for old clients")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Repeat-safe submission")] = None,
     explain: Annotated[bool, Query(description="Also make a Grad-CAM heatmap of what the model looked at, for "

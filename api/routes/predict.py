@@ -24,7 +24,7 @@ async def predict(
     redis: AsyncRedisDep,
     batcher: BatcherDep,
     owner: OwnerDep,
-    file: Annotated[UploadFile, File(description="One image (PNG or JPEG)")],
+    file: Annotated[UploadFile, File(description="One image (PNG, JPEG or DICOM)")],
 ) -> LegacyPrediction:
     uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes, max_files=1)
     _, (submitted,) = await submit_batch(store, batcher, uploads, owner=owner,

@@ -536,7 +536,7 @@ function breakable(name) {
   return name.split(/(?<=[_\-./])/).flatMap((part, i) => (i ? [document.createElement("wbr"), part] : [part]));
 }
 
-/** "not an image: send PNG or JPEG" -> "Not an image: send PNG or JPEG." */
+/** "not an image: send PNG, JPEG or DICOM" -> "Not an image: send PNG, JPEG or DICOM." */
 function sentence(text) {
   const trimmed = text.trim();
   const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);

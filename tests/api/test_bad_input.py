@@ -47,13 +47,13 @@ def test_each_bad_image_fails_its_own_job_with_its_reason(client: httpx.Client, 
     jpeg = radiographs[0].read_bytes()
     bad = {
         "empty.png": (b"", "the file is empty"),
-        "notes.png": (b"these are notes", "not an image: send PNG or JPEG"),
-        "report.png": (b"%PDF-1.7\n1 0 obj << >> endobj", "not an image: send PNG or JPEG"),
+        "notes.png": (b"these are notes", "not an image: send PNG, JPEG or DICOM"),
+        "report.png": (b"%PDF-1.7\n1 0 obj << >> endobj", "not an image: send PNG, JPEG or DICOM"),
         "cut.jpeg": (jpeg[: len(jpeg) // 2], "truncated JPEG"),
         "bomb.png": (png_declaring(60000, 60000), "image is 60000x60000, the limit is 50,000,000 pixels"),
-        "anim.gif": (encoded("GIF"), "GIF images are not accepted: send PNG or JPEG"),
-        "scan.tiff": (encoded("TIFF"), "TIFF images are not accepted: send PNG or JPEG"),
-        "photo.webp": (encoded("WEBP"), "WEBP images are not accepted: send PNG or JPEG"),
+        "anim.gif": (encoded("GIF"), "GIF images are not accepted: send PNG, JPEG or DICOM"),
+        "scan.tiff": (encoded("TIFF"), "TIFF images are not accepted: send PNG, JPEG or DICOM"),
+        "photo.webp": (encoded("WEBP"), "WEBP images are not accepted: send PNG, JPEG or DICOM"),
     }
     files = [("files", (name, data)) for name, (data, _) in bad.items()]
     files.append(("files", (radiographs[0].name, jpeg)))
@@ -100,7 +100,7 @@ def test_a_zip_with_folders_junk_and_an_escaping_name_is_read_safely(client: htt
     assert [job["filename"] for job in jobs] == [f"scans/2024/{radiographs[0].name}", "etc/evil.jpeg",
                                                  "scans/readme.txt"]
     assert [job["status"] for job in jobs] == ["succeeded", "succeeded", "failed"]
-    assert jobs[2]["error"]["detail"] == "not an image: send PNG or JPEG"
+    assert jobs[2]["error"]["detail"] == "not an image: send PNG, JPEG or DICOM"
 
 
 def test_a_zip_bomb_is_refused(client: httpx.Client, store: JobStore):

@@ -154,7 +154,7 @@ def test_a_non_image_fails_its_own_job_and_the_rest_of_the_batch_succeeds(client
     assert [job["status"] for job in jobs] == ["succeeded", "succeeded", "failed"]
     assert jobs[2]["result"] is None
     assert jobs[2]["error"]["status"] == 422
-    assert jobs[2]["error"]["detail"] == "not an image: send PNG or JPEG"
+    assert jobs[2]["error"]["detail"] == "not an image: send PNG, JPEG or DICOM"
 
 
 def test_a_zip_of_radiographs_becomes_one_job_per_image(client: httpx.Client, radiographs: list[Path]):

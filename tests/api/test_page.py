@@ -135,7 +135,7 @@ def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: h
         expect(row.locator(".thumb img")).to_be_visible()
     bad = page.locator(f'#results > li[data-job-id="{jobs["notes.png"]["id"]}"]')
     expect(bad.locator(".status")).to_have_text("Failed")
-    expect(bad.locator(".error-detail")).to_have_text("Not an image: send PNG or JPEG.")
+    expect(bad.locator(".error-detail")).to_have_text("Not an image: send PNG, JPEG or DICOM.")
     assert shown_job_ids(page) == [job["id"] for job in batch["jobs"]]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "page.png", full_page=True)

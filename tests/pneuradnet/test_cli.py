@@ -48,7 +48,8 @@ def test_predict_prints_a_json_line_per_image_and_reports_the_bad_one(image_fold
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [os.path.basename(r["filename"]) for r in records] == [
         f"{NORMAL}.jpeg", "broken.png", f"{PNEUMONIA}.jpeg", f"{UNSURE}.jpeg"]  # sorted, bad one in its place
-    assert records[1] == {"filename": str(image_folder / "broken.png"), "error": "not an image: send PNG or JPEG"}
+    assert records[1] == {"filename": str(image_folder / "broken.png"),
+                          "error": "not an image: send PNG, JPEG or DICOM"}
     assert records[0]["predicted_class"] == "NORMAL"
     assert records[2]["predicted_class"] == "PNEUMONIA"
     for record in (records[0], records[2], records[3]):
@@ -74,7 +75,7 @@ def test_predict_csv_has_a_column_per_label_and_an_error_column(image_folder, tm
     assert good["error"] == ""
     assert bad["filename"].endswith("broken.png")
     assert bad["predicted_class"] == ""
-    assert bad["error"] == "not an image: send PNG or JPEG"
+    assert bad["error"] == "not an image: send PNG, JPEG or DICOM"
     assert result.returncode == 1
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.model
 
 UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
 KEY = "key-of-the-busy-api"
-NOT_AN_IMAGE = "not an image: send PNG or JPEG"
+NOT_AN_IMAGE = "not an image: send PNG, JPEG or DICOM"
 
 
 def submit_command(*args: object) -> list[str]:

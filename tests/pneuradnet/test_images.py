@@ -34,7 +34,7 @@ def test_empty_bytes():
 
 
 def test_text_is_not_an_image():
-    with pytest.raises(InvalidImageError, match="not an image: send PNG or JPEG"):
+    with pytest.raises(InvalidImageError, match="not an image: send PNG, JPEG or DICOM"):
         decode_image(b"patient: 42\nfindings: none\n")
 
 
@@ -88,7 +88,7 @@ def test_the_limits_can_be_lowered(encode):
 def test_other_formats_are_named_and_refused(encode, image_format, mode):
     data = encode(Image.new(mode, (16, 16)), image_format)
 
-    with pytest.raises(InvalidImageError, match=f"{image_format} images are not accepted: send PNG or JPEG"):
+    with pytest.raises(InvalidImageError, match=f"{image_format} images are not accepted: send PNG, JPEG or DICOM"):
         decode_image(data)
 
 
