@@ -171,9 +171,12 @@ def _machine() -> dict:
 
 
 def _table(report: dict) -> str:
-    rows = [("in-process limit", "images/s (batch 16)", "single image ms", "peak RSS MB", "load s")]
+    rows = [("in-process limit", "images/s (batch 16)", "single image ms", "inference only: images/s (16)",
+             "inference only: single ms", "peak RSS MB", "load s")]
     for name, measured in report["in_process"].items():
         rows.append((name, f"{measured['images_per_second']:.1f}", f"{measured['single_image_ms']:.1f}",
+                     f"{measured['inference_only_images_per_second']:.1f}",
+                     f"{measured['inference_only_single_ms']:.1f}",
                      f"{measured['peak_rss_mb']:.0f}", f"{measured['load_and_warm_up_seconds']:.1f}"))
     service = report["service"]
     lines = _format(rows)
