@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pneuradnet.errors import InvalidImageError, ModelManifestError
 from pneuradnet.images import SOURCE_INFO, decode_image
@@ -25,6 +26,8 @@ class PreparedImage:
     decode_ms: float
     source: dict | None = None
     """Non-identifying facts about the file decode_image found (DICOM's); None for PNG and JPEG."""
+    decoded: Image.Image | None = None
+    """The decoded image itself, when the caller asked to keep it (to draw over it)."""
 
 
 class Classifier:
@@ -73,12 +76,13 @@ class Classifier:
         for size in sorted({1, 2, self.max_batch}):
             self.probabilities(np.zeros((size, spec.height, spec.width, spec.channels), dtype=np.float32))
 
-    def prepare(self, filename: str, data: bytes) -> PreparedImage:
+    def prepare(self, filename: str, data: bytes, *, keep_decoded: bool = False) -> PreparedImage:
         """Decode and preprocess one image; raises InvalidImageError for anything that is not one."""
         started = time.perf_counter()
         image = decode_image(data)
         pixels = to_model_input(image, self.manifest)
-        return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO))
+        return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO),
+                             decoded=image if keep_decoded else None)
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (len(inputs), len(labels)), computed max_batch images at a time."""

@@ -16,7 +16,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pneuradnet.classifier import Classifier, PreparedImage
 from pneuradnet.errors import InvalidImageError, PneuradnetError
 from pneuradnet.explain import GradCam, overlay_png
-from pneuradnet.images import decode_image
 from pneuradnet.results import Prediction
 from service.jobstore import Job, JobStore
 from service.logs import job_event
@@ -63,7 +62,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
                  max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
     deadline = time.time() + job_timeout
     claimed = store.start_many(job_ids, deadline=deadline, worker=worker)
-    prepared: list[tuple[Job, PreparedImage, bytes | None]] = []
+    prepared: list[tuple[Job, PreparedImage]] = []
     for job, data in zip(claimed, store.images([job.id for job in claimed]), strict=True):
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
@@ -73,18 +72,18 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
             continue
         image = _prepare(store, classifier, job, data)
         if image is not None:
-            prepared.append((job, image, data if job.explain else None))  # the bytes, to draw the heatmap over
+            prepared.append((job, image))
     observe(store, "queue_wait_seconds", [_seconds_since(job.created_at) for job in claimed])
     if not prepared:
         return
     started = time.perf_counter()
     try:
-        predictions = classifier.predict([image for _, image, _ in prepared])
+        predictions = classifier.predict([image for _, image in prepared])
     except SoftTimeLimitExceeded:
         raise  # JOB_TIMEOUT: the task fails the jobs with that reason
     except Exception as error:
         log.exception("inference failed for %d jobs", len(prepared))
-        for job, _, _ in prepared:
+        for job, _ in prepared:
             _fail(store, job, problem("inference-failed", "Inference failed", 500,
                                       f"the model could not classify this image ({type(error).__name__})"))
         return
@@ -92,10 +91,10 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     observe(store, "batch_size", [len(prepared)])
     outcomes = list(zip(prepared, predictions, strict=True))
     # Jobs without explain first, in one round trip: their results do not wait for the heatmaps of the others.
-    _succeed(store, [(job, result_record(prediction)) for (job, _, _), prediction in outcomes if not job.explain])
-    for (job, image, data), prediction in outcomes:
+    _succeed(store, [(job, result_record(prediction)) for (job, _), prediction in outcomes if not job.explain])
+    for (job, image), prediction in outcomes:
         if job.explain:
-            _succeed(store, [(job, result_record(prediction) | _explain(store, job, image, data, prediction,
+            _succeed(store, [(job, result_record(prediction) | _explain(store, job, image, prediction,
                                                                         explainer))])
 
 
@@ -119,7 +118,7 @@ def _prepare(store: JobStore, classifier: Classifier, job: Job, data: bytes | No
                                   "the uploaded image is no longer stored (it expired before a worker took it)"))
         return None
     try:
-        return classifier.prepare(job.filename, data)
+        return classifier.prepare(job.filename, data, keep_decoded=job.explain)  # explained: drawn over
     except InvalidImageError as error:
         _fail(store, job, problem("invalid-image", "Invalid image", 422, str(error)))
     except SoftTimeLimitExceeded:
@@ -131,7 +130,7 @@ def _prepare(store: JobStore, classifier: Classifier, job: Job, data: bytes | No
     return None
 
 
-def _explain(store: JobStore, job: Job, image: PreparedImage, data: bytes, prediction: Prediction,
+def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Prediction,
              explainer: Explainer | None) -> dict:
     """The Grad-CAM heatmap of the predicted class over the uploaded image, stored while the image bytes are
     still here (they go when the job finishes); what the result says about it."""
@@ -140,7 +139,7 @@ def _explain(store: JobStore, job: Job, image: PreparedImage, data: bytes, predi
     started = time.perf_counter()
     try:
         heatmap = explainer().heatmap(image.pixels, prediction.labels.index(prediction.predicted_class))
-        png = overlay_png(decode_image(data), heatmap)
+        png = overlay_png(image.decoded, heatmap)
     except SoftTimeLimitExceeded:
         raise
     except (PneuradnetError, ImportError) as error:  # the model cannot be explained: the message says why
