@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -15,7 +16,7 @@ from service.jobstore import JobStore
 from service.logs import configure_logging
 from service.metrics import StoreCollector
 from service.settings import Settings, get_settings
-from worker.app import send_classify_task
+from worker.app import make_celery, send_classify_task
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,7 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = CollectorRegistry(auto_describe=False)
         app.state.metrics.register(StoreCollector(app.state.store))
         app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
-        app.state.batcher = EnqueueBatcher(send_classify_task, max_batch=settings.max_batch,
+        # Tasks go to the broker of these settings, which may not be the environment's.
+        send = partial(send_classify_task, app=make_celery(settings))
+        app.state.batcher = EnqueueBatcher(send, max_batch=settings.max_batch,
                                            wait_seconds=settings.batch_wait_ms / 1000)
         app.state.batcher.start()
         yield

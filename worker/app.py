@@ -57,6 +57,6 @@ def make_celery(settings: Settings) -> Celery:
 celery_app = make_celery(get_settings())
 
 
-def send_classify_task(job_ids: Sequence[str]) -> None:
-    """Enqueue one task that classifies these jobs in one batch."""
-    celery_app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUE)
+def send_classify_task(job_ids: Sequence[str], *, app: Celery = celery_app) -> None:
+    """Enqueue one task that classifies these jobs in one batch (on the broker `app` is bound to)."""
+    app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUE)

@@ -21,7 +21,7 @@ from service.jobstore import RUNNING_REGISTRY, Job, JobStatus, JobStore, Upload
 from service.processes import free_port, stop, wait_until
 from service.settings import Settings
 from tests.live_service import start_api, start_worker
-from worker.app import CLASSIFY_TASK, QUEUE, make_celery
+from worker.app import make_celery, send_classify_task
 
 pytestmark = pytest.mark.model
 
@@ -38,7 +38,7 @@ def faults_store() -> Iterator[JobStore]:
 
 
 def enqueue(job_ids: list[str], redis_url: str = FAULTS_REDIS_URL) -> None:
-    make_celery(Settings(redis_url=redis_url)).send_task(CLASSIFY_TASK, args=[job_ids], queue=QUEUE)
+    send_classify_task(job_ids, app=make_celery(Settings(redis_url=redis_url)))
 
 
 def submit(store: JobStore, uploads: list[Upload]) -> list[Job]:
