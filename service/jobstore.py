@@ -6,7 +6,7 @@ Layout (all under the `pneuradnet:` prefix, all expiring JOB_TTL after submissio
 - `job:{id}:heatmap`    string: the Grad-CAM heatmap over the image as PNG, for a job submitted with explain;
                         stored before the job succeeds, expiring with the job record
 - `job:{id}:events`     pub/sub channel: the new status on every transition (long-polls listen here)
-- `batch:{id}`          hash: created_at, total, owner, finished (jobs finished so far)
+- `batch:{id}`          hash: created_at, total, owner, and the number of its jobs in each status
 - `batch:{id}:events`   pub/sub channel: the new status of each of its jobs that finishes (batch long-polls)
 - `batch:{id}:jobs`     list: the batch's job ids in upload order
 - `registry:queued`     sorted set: queued job ids scored by submission time (queue depth, backpressure)
@@ -116,16 +116,18 @@ redis.call('HSET', KEYS[1], 'status', target)
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+local batch = ARGV[6] .. redis.call('HGET', KEYS[1], 'batch_id')
+local batch_exists = redis.call('EXISTS', batch) == 1
+if batch_exists then
+  redis.call('HINCRBY', batch, status, -1)
+  redis.call('HINCRBY', batch, target, 1)
+end
 if target == 'running' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 else
   redis.call('DEL', KEYS[2])
-  local batch = ARGV[6] .. redis.call('HGET', KEYS[1], 'batch_id')
-  if redis.call('EXISTS', batch) == 1 then
-    redis.call('HINCRBY', batch, 'finished', 1)
-    redis.call('PUBLISH', batch .. ':events', target)
-  end
+  if batch_exists then redis.call('PUBLISH', batch .. ':events', target) end
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
@@ -176,8 +178,13 @@ class Batch:
     created_at: str
     total: int
     owner: str
-    finished: int = 0
-    """Jobs of the batch that have finished (succeeded, failed or canceled)."""
+    counts: dict[JobStatus, int]
+    """How many of the batch's jobs are in each status, kept by the transition script."""
+
+    @property
+    def finished(self) -> int:
+        """Jobs of the batch that have finished (succeeded, failed or canceled)."""
+        return sum(count for status, count in self.counts.items() if status.finished)
 
     @property
     def done(self) -> bool:
@@ -233,12 +240,14 @@ class JobStore:
     def _new_batch(self, pipe: Pipeline, uploads: Sequence[Upload], *, owner: str,
                    explain: bool) -> tuple[Batch, list[Job]]:
         created_at = now_iso()
-        batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=len(uploads), owner=owner)
+        batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=len(uploads), owner=owner,
+                      counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: len(uploads)})
         jobs = [Job(id=str(uuid.uuid4()), batch_id=batch.id, status=JobStatus.QUEUED, filename=upload.filename,
                     created_at=created_at, owner=owner, explain=explain) for upload in uploads]
         score = time.time()
         pipe.multi()
-        pipe.hset(batch_key(batch.id), mapping={"created_at": created_at, "total": batch.total, "owner": owner})
+        pipe.hset(batch_key(batch.id), mapping={"created_at": created_at, "total": batch.total, "owner": owner,
+                                                JobStatus.QUEUED.value: batch.total})
         pipe.expire(batch_key(batch.id), self.ttl)
         if jobs:
             pipe.rpush(batch_jobs_key(batch.id), *(job.id for job in jobs))
@@ -275,18 +284,11 @@ class JobStore:
         if not fields:
             return None
         return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
-                     finished=int(fields.get("finished", 0)))
+                     counts={status: int(fields.get(status.value, 0)) for status in JobStatus})
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
         return self.redis.lrange(batch_jobs_key(batch_id), start, stop)
-
-    def batch_statuses(self, batch_id: str) -> list[JobStatus]:
-        job_ids = self.batch_job_ids(batch_id)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(job_key(job_id), "status")
-        return [JobStatus(status) for status in pipe.execute() if status]
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """The uploaded bytes of each job, in order, in one round trip; None where they are gone."""

@@ -14,7 +14,7 @@ from api.problems import ProblemError, problem_responses
 from api.routes.jobs import MAX_WAIT, POLL_AFTER
 from api.schemas import BatchPublic, CancelResult, JobPublic
 from api.submission import wait_for_batch
-from service.jobstore import Batch, Job, JobStatus, JobStore
+from service.jobstore import Batch, Job, JobStore
 from service.logs import job_event
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,8 @@ async def owned_batch(store: JobStore, batch_id: str, owner: str) -> Batch:
 
 def _page(store: JobStore, batch: Batch, offset: int, page_size: int) -> BatchPublic:
     jobs = _jobs_of(store, batch.id, offset, offset + page_size - 1)
-    statuses = store.batch_statuses(batch.id)
-    counts = {status: statuses.count(status) for status in JobStatus}
     following = offset + page_size
-    return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, counts=counts,
+    return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, counts=batch.counts,
                        jobs=[JobPublic.of(job) for job in jobs],
                        next_page_token=str(following) if following < batch.total else None)
 

@@ -67,6 +67,7 @@ def test_a_redelivered_running_job_starts_again_and_counts_its_deliveries(store:
     store.start(job.id, deadline=time.time() + 60)
 
     assert store.start(job.id, deadline=time.time() + 60).deliveries == 2
+    assert store.get_batch(job.batch_id).counts[JobStatus.RUNNING] == 1
 
 
 def test_only_a_queued_job_can_be_canceled(store: JobStore):
@@ -141,6 +142,8 @@ def test_a_batch_counts_its_finished_jobs_and_announces_each(store: JobStore):
     store.cancel(canceled.id)
 
     assert store.get_batch(batch.id).finished == 2 and not store.get_batch(batch.id).done
+    assert store.get_batch(batch.id).counts == {JobStatus.QUEUED: 1, JobStatus.RUNNING: 0, JobStatus.SUCCEEDED: 1,
+                                                JobStatus.FAILED: 0, JobStatus.CANCELED: 1}
     assert [pubsub.get_message(timeout=1)["data"] for _ in range(2)] == ["succeeded", "canceled"]
     store.fail(waiting.id, {"detail": "broken"})
     assert store.get_batch(batch.id).done
