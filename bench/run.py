@@ -7,7 +7,9 @@ Measured in one run, on a Redis database of its own (REDIS_URL's host, database 
 4. single-image latency, submit to result with long-poll, p50 and p95;
 5. peak RSS of the API and of a worker's model process, and a worker's cold start;
 6. the extra time of an explained job (Grad-CAM heatmap): single images submitted with and without explain,
-   alternating, mean difference; the first explained job, which loads TensorFlow and the model, apart.
+   alternating, mean difference; the first explained job, which loads TensorFlow and the model, apart;
+7. the ceiling (bench/compute.py): the model's multiply-accumulates per image and the CPU's peak rate, so that
+   each runtime's inference speed reads as a share of what the hardware can do.
 Run it on a quiet machine: nothing else should be using the cores.
 """
 
@@ -26,12 +28,19 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
+from bench.compute import multiply_accumulates_per_image, peak_multiply_accumulates_per_second
+from pneuradnet.conversion import onnx_model_for
+from pneuradnet.manifest import load_manifest, resolve_model_file
 from service.jobstore import worker_key
 from service.processes import ROOT, start_api, start_worker, stop, wait_until
 from service.settings import Settings
 
 RADIOGRAPHS = "pneumonia_model_package/datasets/pneumonia-data/val"
 BENCH_DB = 12
+
+REPEATS = 5
+"""Bulk measurements behind each throughput figure, in-process and end to end; the median is reported (the same
+measurement varies by up to 10-15% from one run to the next on a shared 2-core virtual machine)."""
 
 
 def main() -> None:
@@ -57,6 +66,7 @@ def main() -> None:
         "tensorflow (oneDNN off)": _in_process(images, "tensorflow", cache_dir, TF_ENABLE_ONEDNN_OPTS="0"),
         "onnxruntime": _in_process(images, "onnxruntime", cache_dir),
     }
+    report["compute"] = _compute(cache_dir)
     report["service"] = _service(images, radiographs, args, cache_dir)
     limit = report["in_process"]["onnxruntime" if args.runtime == "onnxruntime" else "tensorflow (oneDNN on)"]
     report["service"]["bulk_ratio_to_in_process"] = report["service"]["bulk_images_per_second"] / \
@@ -72,10 +82,17 @@ def main() -> None:
 
 def _in_process(images: list[Path], runtime: str, cache_dir: Path, **env: str) -> dict:
     command = [sys.executable, "-m", "bench.inprocess", *map(str, images), "--runtime", runtime,
-               "--cache-dir", str(cache_dir)]
+               "--cache-dir", str(cache_dir), "--repeats", str(REPEATS)]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
     return json.loads(run.stdout.splitlines()[-1])
+
+
+def _compute(cache_dir: Path) -> dict:
+    onnx_file = onnx_model_for(resolve_model_file(load_manifest("default")), cache_dir=cache_dir,
+                               convert_if_missing=False)
+    return {"multiply_accumulates_per_image": multiply_accumulates_per_image(onnx_file),
+            "cpu_peak_multiply_accumulates_per_second": peak_multiply_accumulates_per_second(os.cpu_count() or 1)}
 
 
 def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespace, cache_dir: Path) -> dict:
@@ -94,7 +111,7 @@ def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespa
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             _bulk(client, images[:16])  # the service's own warm-up: first batches, connections
-            bulk = statistics.median(_bulk(client, images) for _ in range(3))
+            bulk = statistics.median(_bulk(client, images) for _ in range(REPEATS))
             sync = _sync(client, images[:args.sync_images])
             latencies = sorted(_single(client, radiographs[n % len(radiographs)]) for n in range(args.latency_runs))
             peak_before_explain = _peak_rss_mb(model_pid)
@@ -171,15 +188,29 @@ def _machine() -> dict:
 
 
 def _table(report: dict) -> str:
+    compute = report["compute"]
+    peak = compute["cpu_peak_multiply_accumulates_per_second"]
     rows = [("in-process limit", "images/s (batch 16)", "single image ms", "inference only: images/s (16)",
-             "inference only: single ms", "peak RSS MB", "load s")]
+             "inference only: single ms", "share of CPU peak (16)", "peak RSS MB", "load s")]
     for name, measured in report["in_process"].items():
+        rate = measured["inference_only_images_per_second"] * compute["multiply_accumulates_per_image"]
         rows.append((name, f"{measured['images_per_second']:.1f}", f"{measured['single_image_ms']:.1f}",
                      f"{measured['inference_only_images_per_second']:.1f}",
-                     f"{measured['inference_only_single_ms']:.1f}",
+                     f"{measured['inference_only_single_ms']:.1f}", f"{rate / peak:.0%}" if peak else "-",
                      f"{measured['peak_rss_mb']:.0f}", f"{measured['load_and_warm_up_seconds']:.1f}"))
+    tensorflow, onnx = report["in_process"]["tensorflow (oneDNN on)"], report["in_process"]["onnxruntime"]
+    batch_speed_up = onnx["inference_only_images_per_second"] / tensorflow["inference_only_images_per_second"]
+    single_speed_up = tensorflow["inference_only_single_ms"] / onnx["inference_only_single_ms"]
     service = report["service"]
     lines = _format(rows)
+    lines.append("")
+    lines += _format([
+        ("onnxruntime / tensorflow, inference only", "value"),
+        ("batch 16", f"{batch_speed_up:.2f}x"),
+        ("batch 1", f"{single_speed_up:.2f}x"),
+        ("model multiply-accumulates per image", f"{compute['multiply_accumulates_per_image'] / 1e9:.2f} G"),
+        ("CPU peak, all cores", f"{peak / 1e9:.0f} G multiply-accumulates/s" if peak else "not measured (no gcc)"),
+    ])
     lines.append("")
     lines += _format([
         (f"service ({report['serving_runtime']})", "value"),
