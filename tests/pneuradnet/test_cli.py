@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pneuradnet.cli import format_evaluation, main
+from pneuradnet.cli import main
+from pneuradnet.cli.local import format_evaluation
 from pneuradnet.evaluation import evaluate
 from pneuradnet.manifest import load_manifest, resolve_model_file
 

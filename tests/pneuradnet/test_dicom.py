@@ -25,7 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneuradnet.cli import find_images
+from pneuradnet.cli.common import find_images
 from pneuradnet.dicom import FACTS
 from pneuradnet.errors import InvalidImageError
 from pneuradnet.images import MAX_PIXELS, SOURCE_INFO, decode_image
