@@ -218,7 +218,8 @@ class JobStore:
         With an idempotency key, a repeat of the same uploads (and the same `explain`) returns the batch first
         created (and False: nothing new to enqueue); other uploads under a used key raise IdempotencyConflict.
         """
-        fingerprint = _fingerprint(uploads, explain=explain)
+        # Only a keyed submission is fingerprinted: a bulk upload without a key need not hash all its bytes.
+        fingerprint = _fingerprint(uploads, explain=explain) if idempotency is not None else ""
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
