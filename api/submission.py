@@ -21,6 +21,9 @@ T = TypeVar("T")
 BUSY_RETRY_AFTER = 30
 """Seconds a client is asked to wait when the queue is full."""
 
+QUEUE_RETRY_AFTER = 5
+"""Seconds a client is asked to wait when the broker refused the tasks."""
+
 
 async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[Upload], *, owner: str,
                        max_queue: int, idempotency: str | None = None,
@@ -37,7 +40,15 @@ async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[U
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
     if created:
-        await batcher.submit([job.id for job in jobs])
+        try:
+            await batcher.submit([job.id for job in jobs])
+        except Exception as error:
+            # Left queued, these jobs would wait for a task that never comes and hold places in MAX_QUEUE.
+            log.error("enqueueing batch %s failed, its %d jobs are withdrawn: %s", batch.id, len(jobs), error)
+            await run_in_threadpool(partial(store.withdraw_batch, batch.id, owner=owner, idempotency=idempotency))
+            raise ProblemError(503, "queue-unavailable", "the job queue did not take the jobs "
+                               f"({type(error).__name__}), so nothing of this request was queued: retry later",
+                               headers={"Retry-After": str(QUEUE_RETRY_AFTER)}) from error
         for job in jobs:
             job_event(log, "submitted", job.id, batch_id=batch.id, status="queued")
     return batch, jobs

@@ -343,6 +343,13 @@ class JobStore:
         """Cancel every job of the batch that has not started; the ids of those canceled."""
         return [job_id for job_id in self.batch_job_ids(batch_id) if self.cancel(job_id)]
 
+    def withdraw_batch(self, batch_id: str, *, owner: str = "", idempotency: str | None = None) -> None:
+        """Take back a batch whose jobs could not be enqueued: its jobs are canceled (their images deleted, their
+        places in the queue freed) and its idempotency key is forgotten, so that a retry with it submits anew."""
+        self.cancel_batch(batch_id)
+        if idempotency is not None:
+            self.redis.delete(idempotency_key(owner, idempotency))
+
     def queued_count(self) -> int:
         return self.redis.zcard(QUEUED_REGISTRY)
 

@@ -1,5 +1,6 @@
 """Overload and control: backpressure, cancelation, idempotent submission, access control by API key."""
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.jobstore import JobStatus, JobStore, Upload
+from service.jobstore import PREFIX, JobStatus, JobStore, Upload
 from service.processes import stop
 from tests.live_service import TEST_REDIS_URL, start_api
 from worker.app import QUEUE, send_classify_task
@@ -116,3 +117,42 @@ def test_an_idempotency_key_makes_a_retried_submission_safe(client: httpx.Client
     assert other.status_code == 422
     assert "was used for other files" in other.json()["detail"]
     assert int(store.redis.hget("pneuradnet:metrics", "jobs_submitted")) == 2
+
+
+QUEUELESS_USER = "pneuradnet-test-queueless"
+
+
+@pytest.fixture(scope="module")
+def queueless_api(tmp_path_factory: pytest.TempPathFactory, broker_clean: None) -> Iterator[str]:
+    """An API whose Redis user may use the job store's keys but not the broker's: Redis refuses every enqueue."""
+    admin = Redis.from_url(TEST_REDIS_URL)
+    password = secrets.token_hex(16)
+    admin.acl_setuser(QUEUELESS_USER, enabled=True, passwords=[f"+{password}"], keys=[f"{PREFIX}:*"],
+                      channels=["*"], categories=["+@all"])
+    url = TEST_REDIS_URL.replace("redis://", f"redis://{QUEUELESS_USER}:{password}@", 1)
+    process, api = start_api(tmp_path_factory.mktemp("queueless") / "api.log", REDIS_URL=url)
+    yield api
+    stop(process)
+    admin.acl_deluser(QUEUELESS_USER)
+    admin.close()
+
+
+def test_jobs_the_broker_refuses_are_withdrawn_and_a_retry_submits_anew(
+        queueless_api: str, client: httpx.Client, store: JobStore, radiographs: list[Path]):
+    upload = {"files": (radiographs[0].name, radiographs[0].read_bytes())}
+    key = {"Idempotency-Key": "refused-then-retried"}
+    with httpx.Client(base_url=queueless_api, timeout=60) as queueless:
+        refused = queueless.post("/jobs", files=upload, headers=key)
+
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["retry-after"] == "5"
+    assert "nothing of this request was queued" in refused.json()["detail"]
+    assert store.queued_count() == 0  # nothing waits for a task that will never come
+
+    retried = client.post("/jobs", files=upload, headers=key)  # the same key, through an API that can enqueue
+    assert retried.status_code == 202
+    batch_id = retried.json()["batch_id"]
+    while "retry-after" in (batch := client.get(f"/batches/{batch_id}", params={"wait": 30})).headers:
+        pass
+    assert batch.json()["counts"]["succeeded"] == 1
