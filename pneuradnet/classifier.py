@@ -1,7 +1,9 @@
 """A model bundle: a manifest bound to a loaded model, classifying images in batches."""
 
+import os
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +34,20 @@ class PreparedImage:
 
 class Classifier:
     def __init__(self, manifest: ModelManifest, runtime: Runtime, *, model_file: Path,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, decode_threads: int = 1) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         _check_fits(manifest, runtime)
         self.manifest = manifest
         self.runtime = runtime
         self.model_file = model_file
         self.max_batch = max_batch
+        # A batch is decoded on several cores while none is busy with inference (Pillow and NumPy release the
+        # GIL). Even with one decoding thread the calling thread only waits: an exception raised in it by a signal
+        # (a time limit) then stops the whole batch, and is never mistaken for one image's failure.
+        self._decoders = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
 
     @classmethod
     def load(
@@ -56,6 +64,7 @@ class Classifier:
         """Load a model by manifest name or path; `input_size` (height, width) overrides the manifest's.
 
         `cache_dir` keeps the model's ONNX conversion, which the onnxruntime runtime needs (see load_runtime).
+        A batch's images are decoded on as many threads as inference runs on (`threads`, default every core).
         """
         if not isinstance(manifest, ModelManifest):
             manifest = load_manifest(manifest)
@@ -64,7 +73,7 @@ class Classifier:
         model_file = resolve_model_file(manifest, model_path)
         return cls(manifest, load_runtime(runtime, model_file, threads=threads, cache_dir=cache_dir,
                                               logits=manifest.output == "logits"),
-                   model_file=model_file, max_batch=max_batch)
+                   model_file=model_file, max_batch=max_batch, decode_threads=threads or os.cpu_count() or 1)
 
     def warm_up(self) -> None:
         """Forward passes on blank images, so that the first real batch does not pay for graph set-up.
@@ -83,6 +92,24 @@ class Classifier:
         pixels = to_model_input(image, self.manifest)
         return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO),
                              decoded=image if keep_decoded else None)
+
+    def prepare_each(self, items: Sequence[tuple[str, bytes]], *,
+                     keep_decoded: Sequence[bool] = ()) -> list[PreparedImage | Exception]:
+        """prepare() of every (filename, bytes) pair, in order, on the decoding threads; an image that fails gives
+        its exception in its place (InvalidImageError for anything that is not an image). `keep_decoded` says, per
+        item, whether to keep its decoded image."""
+        keep = list(keep_decoded) or [False] * len(items)
+        if len(keep) != len(items):
+            raise ValueError(f"keep_decoded has {len(keep)} flags for {len(items)} items")
+
+        def prepare(item: tuple[tuple[str, bytes], bool]) -> PreparedImage | Exception:
+            (filename, data), keep_image = item
+            try:
+                return self.prepare(filename, data, keep_decoded=keep_image)
+            except Exception as error:  # handed back in its image's place: one bad file never stops the rest
+                return error
+
+        return list(self._decoders.map(prepare, zip(items, keep, strict=True)))
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (len(inputs), len(labels)), computed max_batch images at a time."""
@@ -104,12 +131,10 @@ class Classifier:
 
     def classify(self, items: Iterable[tuple[str, bytes]]) -> list[Prediction | InvalidImageError]:
         """Classify (filename, bytes) pairs in order; a bad image gives its error in its place."""
-        outcomes: list[Prediction | InvalidImageError | PreparedImage] = []
-        for filename, data in items:
-            try:
-                outcomes.append(self.prepare(filename, data))
-            except InvalidImageError as error:
-                outcomes.append(error)
+        outcomes = self.prepare_each(list(items))
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, InvalidImageError):
+                raise outcome  # not the image's fault: the caller should hear of it as before
         predictions = iter(self.predict([o for o in outcomes if isinstance(o, PreparedImage)]))
         return [next(predictions) if isinstance(o, PreparedImage) else o for o in outcomes]
 

@@ -62,18 +62,28 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
                  max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
     deadline = time.time() + job_timeout
     claimed = store.start_many(job_ids, deadline=deadline, worker=worker)
-    prepared: list[tuple[Job, PreparedImage]] = []
+    stored: list[tuple[Job, bytes]] = []
     for job, data in zip(claimed, store.images([job.id for job in claimed]), strict=True):
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
             _fail(store, job, problem("worker-lost", "Worker lost", 500,
                                       f"the worker processing this image stopped {job.deliveries - 1} times; "
                                       "the image was not classified"))
-            continue
-        image = _prepare(store, classifier, job, data)
-        if image is not None:
-            prepared.append((job, image))
+        elif data is None:
+            _fail(store, job, problem("image-missing", "Image missing", 500,
+                                      "the uploaded image is no longer stored (it expired before a worker took it)"))
+        else:
+            stored.append((job, data))
     observe(store, "queue_wait_seconds", [_seconds_since(job.created_at) for job in claimed])
+    # Explained jobs keep their decoded image, for the heatmap to be drawn over.
+    decoded = classifier.prepare_each([(job.filename, data) for job, data in stored],
+                                      keep_decoded=[job.explain for job, _ in stored])
+    prepared: list[tuple[Job, PreparedImage]] = []
+    for (job, _), outcome in zip(stored, decoded, strict=True):
+        if isinstance(outcome, PreparedImage):
+            prepared.append((job, outcome))
+        else:
+            _fail_to_decode(store, job, outcome)
     if not prepared:
         return
     started = time.perf_counter()
@@ -112,22 +122,14 @@ def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> 
             _fail(store, job, error)
 
 
-def _prepare(store: JobStore, classifier: Classifier, job: Job, data: bytes | None) -> PreparedImage | None:
-    if data is None:
-        _fail(store, job, problem("image-missing", "Image missing", 500,
-                                  "the uploaded image is no longer stored (it expired before a worker took it)"))
-        return None
-    try:
-        return classifier.prepare(job.filename, data, keep_decoded=job.explain)  # explained: drawn over
-    except InvalidImageError as error:
+def _fail_to_decode(store: JobStore, job: Job, error: Exception) -> None:
+    if isinstance(error, InvalidImageError):
         _fail(store, job, problem("invalid-image", "Invalid image", 422, str(error)))
-    except SoftTimeLimitExceeded:
-        raise
-    except Exception as error:  # a worker never dies from an image
-        log.exception("job %s: unexpected error while decoding", job.id)
-        _fail(store, job, problem("invalid-image", "Invalid image", 422,
-                                  f"the image could not be decoded ({type(error).__name__})"))
-    return None
+        return
+    # A worker never dies from an image: an unexpected decoder error fails this job only.
+    log.error("job %s: unexpected error while decoding", job.id, exc_info=error)
+    _fail(store, job, problem("invalid-image", "Invalid image", 422,
+                              f"the image could not be decoded ({type(error).__name__})"))
 
 
 def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Prediction,

@@ -105,6 +105,23 @@ def test_a_bad_image_gets_its_error_in_its_place_and_the_others_are_classified(d
 
 
 @pytest.mark.model
+def test_a_batch_decoded_on_several_threads_comes_back_in_order_as_one_thread_decodes_it(default_classifier,
+                                                                                      radiographs):
+    items = [(path.name, path.read_bytes()) for path in radiographs]
+    items.insert(5, ("notes.txt", b"not an image"))
+    keep = [name.startswith("NORMAL") for name, _ in items]
+
+    outcomes = default_classifier.prepare_each(items, keep_decoded=keep)
+
+    assert isinstance(outcomes.pop(5), InvalidImageError)
+    del items[5], keep[5]
+    for (name, data), kept, outcome in zip(items, keep, outcomes, strict=True):
+        assert outcome.filename == name
+        np.testing.assert_array_equal(outcome.pixels, default_classifier.prepare(name, data).pixels)
+        assert (outcome.decoded is not None) == kept
+
+
+@pytest.mark.model
 def test_the_same_radiograph_as_png_or_rgb_gets_the_same_answer(default_classifier, radiograph, encode):
     path = radiograph("person1946_bacteria_4874")
     gray = decode_image(path.read_bytes())
