@@ -31,6 +31,7 @@ import httpx
 from redis import Redis
 
 from bench.compute import multiply_accumulates_per_image, peak_multiply_accumulates_per_second
+from bench.inprocess import bulk_images_per_second
 from pneuradnet.classifier import Classifier
 from pneuradnet.conversion import onnx_model_for
 from pneuradnet.manifest import load_manifest, resolve_model_file
@@ -114,7 +115,8 @@ def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespa
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             _bulk(client, images[:16])  # the service's own warm-up: first batches, connections
-            pairs = [(_in_process_bulk(local, images), _bulk(client, images)) for _ in range(REPEATS)]
+            items = [(path.name, path.read_bytes()) for path in images]
+            pairs = [(bulk_images_per_second(local, items), _bulk(client, images)) for _ in range(REPEATS)]
             sync = _sync(client, images[:args.sync_images])
             latencies = sorted(_single(client, radiographs[n % len(radiographs)]) for n in range(args.latency_runs))
             peak_before_explain = _peak_rss_mb(model_pid)
@@ -137,15 +139,6 @@ def _service(images: list[Path], radiographs: list[Path], args: argparse.Namespa
         stop(worker)
         stop(api)
         redis.flushdb()
-
-
-def _in_process_bulk(classifier: Classifier, images: list[Path]) -> float:
-    """Images/s of this process classifying the images as a worker does: decoded, in batches of MAX_BATCH."""
-    items = [(path.name, path.read_bytes()) for path in images]
-    started = time.perf_counter()
-    for start in range(0, len(items), classifier.max_batch):
-        classifier.classify(items[start:start + classifier.max_batch])
-    return len(items) / (time.perf_counter() - started)
 
 
 def _bulk(client: httpx.Client, images: list[Path]) -> float:
