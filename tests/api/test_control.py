@@ -130,11 +130,13 @@ def queueless_api(tmp_path_factory: pytest.TempPathFactory, broker_clean: None) 
     admin.acl_setuser(QUEUELESS_USER, enabled=True, passwords=[f"+{password}"], keys=[f"{PREFIX}:*"],
                       channels=["*"], categories=["+@all"])
     url = TEST_REDIS_URL.replace("redis://", f"redis://{QUEUELESS_USER}:{password}@", 1)
-    process, api = start_api(tmp_path_factory.mktemp("queueless") / "api.log", REDIS_URL=url)
-    yield api
-    stop(process)
-    admin.acl_deluser(QUEUELESS_USER)
-    admin.close()
+    try:
+        process, api = start_api(tmp_path_factory.mktemp("queueless") / "api.log", REDIS_URL=url)
+        yield api
+        stop(process)
+    finally:  # the user outlives the test otherwise: ACL users belong to the whole server, not to a database
+        admin.acl_deluser(QUEUELESS_USER)
+        admin.close()
 
 
 def test_jobs_the_broker_refuses_are_withdrawn_and_a_retry_submits_anew(
