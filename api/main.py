@@ -15,8 +15,8 @@ from api.routes import batches, health, jobs, page, predict
 from service.jobstore import JobStore
 from service.logs import configure_logging
 from service.metrics import StoreCollector
+from service.queue import make_celery, send_classify_task
 from service.settings import Settings, get_settings
-from worker.app import make_celery, send_classify_task
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

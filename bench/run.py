@@ -36,8 +36,8 @@ from pneuradnet.classifier import Classifier
 from pneuradnet.conversion import onnx_model_for
 from pneuradnet.manifest import load_manifest, resolve_model_file
 from service.jobstore import worker_key
-from service.processes import ROOT, start_api, start_worker, stop, wait_until
 from service.settings import Settings
+from tests.processes import ROOT, start_api, start_worker, stop, wait_until
 
 RADIOGRAPHS = "pneumonia_model_package/datasets/pneumonia-data/val"
 BENCH_DB = 12

@@ -9,9 +9,11 @@ import httpx
 import pytest
 from redis import Redis
 
-from service import processes
 from service.jobstore import PREFIX, JobStore
-from service.processes import stop
+from service.queue import make_celery, send_classify_task
+from service.settings import Settings
+from tests import processes
+from tests.processes import stop
 
 TEST_REDIS_URL = os.environ.get("PNEURADNET_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -27,6 +29,11 @@ def wipe_jobs(url: str = TEST_REDIS_URL) -> None:
     if keys:
         redis.delete(*keys)
     redis.close()
+
+
+def enqueue(job_ids: list[str], url: str = TEST_REDIS_URL) -> None:
+    """Send a classify task for these jobs to the test database's queue, as the API does."""
+    send_classify_task(job_ids, app=make_celery(Settings(redis_url=url)))
 
 
 def service_env(**overrides: str) -> dict[str, str]:

@@ -1,62 +1,6 @@
-"""The Celery application: broker settings shared by the workers and by the API, which only enqueues.
+"""The workers' Celery application (`celery -A worker.app worker`), on the settings of the environment."""
 
-Importing this module is cheap (no TensorFlow); the task code lives in worker.tasks, loaded by workers only.
-"""
-
-from collections.abc import Sequence
-
-from celery import Celery
-
-from service.settings import Settings, get_settings
-
-QUEUE = "pneuradnet"
-CLASSIFY_TASK = "pneuradnet.classify"
-
-HARD_LIMIT_MARGIN = 10
-"""Seconds past JOB_TIMEOUT after which a task's process is killed rather than asked to stop."""
-
-VISIBILITY_MARGIN = 30
-"""Seconds the broker waits beyond JOB_TIMEOUT before it hands an unacknowledged task to another worker."""
-
-RESTORE_INTERVAL = 5
-"""Seconds between a worker's sweeps for tasks whose worker vanished without acknowledging them."""
-
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks"])
-    app.conf.update(
-        task_default_queue=QUEUE,
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,  # results live in the job store, not in Celery
-        # A task is acknowledged only once its jobs are stored; if the worker dies, the task runs again.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_concurrency=settings.worker_concurrency,
-        # At JOB_TIMEOUT the task fails its unfinished jobs; a child stuck past the hard limit is killed, its
-        # task left unacknowledged and so redelivered, until MAX_DELIVERIES fails its jobs.
-        task_soft_time_limit=settings.job_timeout,
-        task_time_limit=settings.job_timeout + HARD_LIMIT_MARGIN,
-        task_acks_on_failure_or_timeout=False,
-        # The redis transport re-delivers an unacknowledged task after the visibility timeout (default 1 h):
-        # keep it just above the longest a task may run, and look for such tasks often.
-        broker_transport_options={
-            "visibility_timeout": settings.job_timeout + VISIBILITY_MARGIN,
-            "unacked_restore_interval": RESTORE_INTERVAL,
-            "unacked_restore_throttle": 1,
-        },
-        broker_connection_retry_on_startup=True,
-        # Each pool process loads the model in worker_process_init, which takes longer than Celery's 4 s default.
-        worker_proc_alive_timeout=120,
-        worker_hijack_root_logger=False,
-    )
-    return app
-
+from service.queue import make_celery
+from service.settings import get_settings
 
 celery_app = make_celery(get_settings())
-
-
-def send_classify_task(job_ids: Sequence[str], *, app: Celery = celery_app) -> None:
-    """Enqueue one task that classifies these jobs in one batch (on the broker `app` is bound to)."""
-    app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUE)

@@ -22,8 +22,9 @@ from pneuradnet.manifest import sha256_of
 from service.jobstore import WORKER_TTL, JobStore, now_iso
 from service.logs import configure_logging
 from service.problems import problem
+from service.queue import CLASSIFY_TASK
 from service.settings import get_settings
-from worker.app import CLASSIFY_TASK, celery_app
+from worker.app import celery_app
 from worker.processing import LazyExplainer, fail_unfinished, process_jobs
 
 log = logging.getLogger(__name__)

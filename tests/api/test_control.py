@@ -9,9 +9,9 @@ import pytest
 from redis import Redis
 
 from service.jobstore import PREFIX, JobStatus, JobStore, Upload
-from service.processes import stop
-from tests.live_service import TEST_REDIS_URL, start_api
-from worker.app import QUEUE, send_classify_task
+from service.queue import QUEUE
+from tests.live_service import TEST_REDIS_URL, enqueue, start_api
+from tests.processes import stop
 
 pytestmark = pytest.mark.model
 
@@ -77,8 +77,8 @@ def test_a_canceled_job_never_runs(client: httpx.Client, store: JobStore, radiog
 
     answer = client.delete(f"/jobs/{canceled.id}")
     assert answer.status_code == 200 and answer.json()["status"] == "canceled"
-    send_classify_task([canceled.id])  # a task for it was already in the queue
-    send_classify_task([kept.id])  # the one worker takes tasks in order: this one finishes after that one
+    enqueue([canceled.id])  # a task for it was already in the queue
+    enqueue([kept.id])  # the one worker takes tasks in order: this one finishes after that one
 
     assert client.get(f"/jobs/{kept.id}", params={"wait": 30}).json()["status"] == "succeeded"
     job = store.get_job(canceled.id)
@@ -89,7 +89,7 @@ def test_a_canceled_job_never_runs(client: httpx.Client, store: JobStore, radiog
 def test_only_unstarted_jobs_of_a_batch_are_canceled(client: httpx.Client, store: JobStore, radiographs: list[Path]):
     batch, (done, waiting), _ = store.create_batch([Upload("a.jpeg", radiographs[0].read_bytes()),
                                                    Upload("b.jpeg", radiographs[1].read_bytes())])
-    send_classify_task([done.id])
+    enqueue([done.id])
     client.get(f"/jobs/{done.id}", params={"wait": 30})
 
     answer = client.delete(f"/batches/{batch.id}")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.jobstore import JobStore, Upload
-from service.processes import ROOT
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.model
 

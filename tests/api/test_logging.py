@@ -5,8 +5,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.processes import stop
 from tests.live_service import start_api
+from tests.processes import stop
 
 pytestmark = pytest.mark.model
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from playwright import sync_api as playwright_sync
 
-from service.processes import ROOT, stop
 from tests.live_service import start_api
+from tests.processes import ROOT, stop
 
 expect = playwright_sync.expect
 Page = playwright_sync.Page

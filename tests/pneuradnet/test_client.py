@@ -16,8 +16,8 @@ import pytest
 from api.submission import BUSY_RETRY_AFTER
 from pneuradnet.client import Client, ServiceError, ServiceUnreachableError
 from service.jobstore import METRICS, JobStore, Upload
-from service.processes import ROOT, free_port, stop, wait_until
 from tests.live_service import start_api
+from tests.processes import ROOT, free_port, stop, wait_until
 
 pytestmark = pytest.mark.model
 

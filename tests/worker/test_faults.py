@@ -18,10 +18,10 @@ from PIL import Image
 from redis import Redis
 
 from service.jobstore import RUNNING_REGISTRY, Job, JobStatus, JobStore, Upload
-from service.processes import free_port, stop, wait_until
+from service.queue import make_celery, send_classify_task
 from service.settings import Settings
 from tests.live_service import start_api, start_worker
-from worker.app import make_celery, send_classify_task
+from tests.processes import free_port, stop, wait_until
 
 pytestmark = pytest.mark.model
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pneuradnet.errors import ModelManifestError
 from service.jobstore import JobStatus, JobStore, Upload
-from service.processes import ROOT
+from tests.processes import ROOT
 from worker.processing import LazyExplainer, process_jobs
 
 

@@ -1,4 +1,4 @@
-"""Starting the service's processes on this machine and waiting until they are ready: for tests and benchmarks."""
+"""Starting the service's processes on this machine and waiting until they are ready: for tests and `bench/`."""
 
 import socket
 import subprocess
