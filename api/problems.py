@@ -31,7 +31,8 @@ class ProblemError(Exception):
 
 def problem_response(status: int, kind: str, detail: str, headers: dict[str, str] | None = None,
                      **extensions: object) -> JSONResponse:
-    body = problem(kind, HTTPStatus(status).phrase, status, detail, **extensions)
+    # `error` repeats `detail` for the original service's clients, which read `{"error": "<reason>"}`.
+    body = problem(kind, HTTPStatus(status).phrase, status, detail, error=detail, **extensions)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -75,6 +76,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = [{"location": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in error.errors()]
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
         return problem_response(422, "invalid-request", f"the request is invalid: {detail}", errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, __: Exception) -> JSONResponse:
+        # Starlette still logs the exception; the client gets a problem, not a bare "Internal Server Error".
+        return problem_response(500, "internal-error", "the service failed to answer this request; it has been "
+                                "logged, and retrying may help")
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

@@ -1,6 +1,6 @@
 """What the API answers: one public schema per resource, separate from how the job store keeps it."""
 
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -47,8 +47,8 @@ class JobResult(BaseModel):
     """Why a job submitted with explain has no heatmap; its prediction stands."""
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details; some problems add members (e.g. `errors` for an invalid request)."""
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, as a failed job carries them in `error`; some add members (e.g. `errors`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -56,6 +56,13 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+class Problem(ProblemDetails):
+    """An error answer (4xx, 5xx): problem details plus `error`."""
+
+    error: str
+    """The same text as `detail`, for clients of the original service, which answered `{"error": "<reason>"}`."""
 
 
 class JobPublic(BaseModel):
@@ -67,18 +74,24 @@ class JobPublic(BaseModel):
     started_at: str | None
     finished_at: str | None
     result: JobResult | None
-    error: Problem | None
+    error: ProblemDetails | None
     explain: bool = False
     """Submitted with explain=true: a succeeded job has a Grad-CAM heatmap at result.heatmap_url."""
 
     @classmethod
-    def of(cls, job: Job) -> "JobPublic":
+    def of(cls, job: Job) -> Self:
         result = job.result
         if result is not None and result.get("heatmap"):
             result = {**result, "heatmap_url": heatmap_path(job.id)}
         return cls(id=job.id, batch_id=job.batch_id, status=job.status, filename=job.filename,
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                    result=result, error=job.error, explain=job.explain)
+
+
+class JobAnswer(JobPublic):
+    """One job, answered on its own (in a batch's list, the batch carries the notice)."""
+
+    notice: str = DISCLAIMER
 
 
 def heatmap_path(job_id: str) -> str:

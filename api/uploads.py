@@ -19,18 +19,25 @@ MAX_ZIP_RATIO = 200
 """Largest uncompressed/compressed ratio of a ZIP member; radiographs compress far less, bombs far more."""
 
 
-async def read_uploads(files: list[UploadFile], *, max_bytes: int, max_files: int) -> list[Upload]:
+async def read_uploads(files: list[UploadFile], *, max_bytes: int, max_unzipped_bytes: int,
+                       max_files: int) -> list[Upload]:
+    """The images of a request: loose files, and the members of ZIP archives.
+
+    `max_bytes` bounds what the client sent (files and archives as uploaded); `max_unzipped_bytes` bounds, apart,
+    what the request's archives expand to, so an archive counts once against each limit, never twice against one.
+    """
     uploads: list[Upload] = []
-    budget = max_bytes
+    sent = 0
+    unzipped_budget = max_unzipped_bytes
     for file in files:
         data = await file.read()
-        budget -= len(data)
-        if budget < 0:
+        sent += len(data)
+        if sent > max_bytes:
             raise _too_large(max_bytes)
         name = _clean_name(file.filename or "upload")
         if data.startswith(ZIP_MAGIC):
-            members = _unzip(data, archive=name, max_bytes=budget, max_files=max_files - len(uploads))
-            budget -= sum(len(member.data) for member in members)
+            members = _unzip(data, archive=name, max_bytes=unzipped_budget, max_files=max_files - len(uploads))
+            unzipped_budget -= sum(len(member.data) for member in members)
             uploads.extend(members)
         else:
             uploads.append(Upload(filename=name, data=data))
@@ -48,7 +55,9 @@ def _unzip(data: bytes, *, archive: str, max_bytes: int, max_files: int) -> list
             if len(members) > max_files:
                 raise _too_many(max_files)
             if sum(info.file_size for info in members) > max_bytes:
-                raise _too_large(max_bytes, what=f"the contents of {archive}")
+                raise ProblemError(413, "upload-too-large", f"the images in {archive} (with the request's other "
+                                   "archives) expand to more than the limit of "
+                                   f"{max_bytes:,} bytes (MAX_UNZIPPED_BYTES); split them into several requests")
             for info in members:
                 if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
                     raise ProblemError(422, "zip-bomb", f"{archive}: member {info.filename!r} expands "
@@ -80,8 +89,8 @@ def _clean_name(name: str) -> str:
     return "/".join(parts)[-255:] or "upload"
 
 
-def _too_large(max_bytes: int, what: str = "the upload") -> ProblemError:
-    return ProblemError(413, "upload-too-large", f"{what} is larger than the limit of {max_bytes:,} bytes "
+def _too_large(max_bytes: int) -> ProblemError:
+    return ProblemError(413, "upload-too-large", f"the upload is larger than the limit of {max_bytes:,} bytes "
                         "(MAX_UPLOAD_BYTES); split it into several requests")
 
 

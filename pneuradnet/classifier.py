@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pneuradnet.errors import InvalidImageError, ModelManifestError
-from pneuradnet.images import SOURCE_INFO, decode_image
+from pneuradnet.images import RADIOGRAPH_SHAPE, SOURCE_INFO, ShapeLimits, decode_image
 from pneuradnet.manifest import ModelManifest, load_manifest, resolve_model_file
 from pneuradnet.preprocess import to_model_input
 from pneuradnet.results import Prediction
@@ -34,7 +34,8 @@ class PreparedImage:
 
 class Classifier:
     def __init__(self, manifest: ModelManifest, runtime: Runtime, *, model_file: Path,
-                 max_batch: int = DEFAULT_MAX_BATCH, decode_threads: int = 1) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, decode_threads: int = 1,
+                 shape_limits: ShapeLimits = RADIOGRAPH_SHAPE) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if decode_threads < 1:
@@ -44,6 +45,7 @@ class Classifier:
         self.runtime = runtime
         self.model_file = model_file
         self.max_batch = max_batch
+        self.shape_limits = shape_limits
         # A batch is decoded on several cores while none is busy with inference (Pillow and NumPy release the
         # GIL). Even with one decoding thread the calling thread only waits: an exception raised in it by a signal
         # (a time limit) then stops the whole batch, and is never mistaken for one image's failure.
@@ -60,6 +62,7 @@ class Classifier:
         threads: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         cache_dir: str | Path | None = None,
+        shape_limits: ShapeLimits = RADIOGRAPH_SHAPE,
     ) -> "Classifier":
         """Load a model by manifest name or path; `input_size` (height, width) overrides the manifest's.
 
@@ -73,7 +76,8 @@ class Classifier:
         model_file = resolve_model_file(manifest, model_path)
         return cls(manifest, load_runtime(runtime, model_file, threads=threads, cache_dir=cache_dir,
                                               logits=manifest.output == "logits"),
-                   model_file=model_file, max_batch=max_batch, decode_threads=threads or os.cpu_count() or 1)
+                   model_file=model_file, max_batch=max_batch, decode_threads=threads or os.cpu_count() or 1,
+                   shape_limits=shape_limits)
 
     def warm_up(self) -> None:
         """Forward passes on blank images, so that the first real batch does not pay for graph set-up.
@@ -89,6 +93,7 @@ class Classifier:
         """Decode and preprocess one image; raises InvalidImageError for anything that is not one."""
         started = time.perf_counter()
         image = decode_image(data)
+        self.shape_limits.check(*image.size)
         pixels = to_model_input(image, self.manifest)
         return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO),
                              decoded=image if keep_decoded else None)

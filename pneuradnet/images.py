@@ -1,6 +1,7 @@
 """Decoding uploaded bytes into an upright 8-bit Pillow image, or a clear InvalidImageError."""
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,6 +27,42 @@ MAX_PIXELS = 50_000_000
 
 MAX_SIDE = 16_384
 """Longest side accepted, in pixels."""
+
+MIN_SIDE = 64
+"""Shortest side a classifier accepts, in pixels: below it an image is an icon or a thumbnail, not a radiograph
+(the default model reads 150x150; a 1x1 image would be stretched to that and classified as if it meant something)."""
+
+MAX_ASPECT_RATIO = 4.0
+"""Longest side over shortest side a classifier accepts: chest radiographs are near 1:1 (detectors are 14x17
+or 17x17 inches); a strip of 5:1 or more is a banner or a cropped fragment."""
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """The smallest and the most elongated image a classifier accepts (decoding alone accepts any)."""
+
+    min_side: int = MIN_SIDE
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
+
+    def __post_init__(self) -> None:
+        if self.min_side < 1:
+            raise ValueError(f"min_side must be at least 1, got {self.min_side}")
+        if self.max_aspect_ratio < 1:
+            raise ValueError(f"max_aspect_ratio must be at least 1, got {self.max_aspect_ratio}")
+
+    def check(self, width: int, height: int) -> None:
+        """Refuse an image too small or too elongated to be a radiograph, with its size and the limit."""
+        if min(width, height) < self.min_side:
+            raise InvalidImageError(f"image is {width}x{height}, too small for a radiograph: the minimum is "
+                                    f"{self.min_side} pixels on each side")
+        ratio = max(width, height) / min(width, height)
+        if ratio > self.max_aspect_ratio:
+            raise InvalidImageError(f"image is {width}x{height}, an aspect ratio of {ratio:.1f}:1, too elongated "
+                                    f"for a radiograph: the most accepted is {self.max_aspect_ratio:g}:1")
+
+
+RADIOGRAPH_SHAPE = ShapeLimits()
+"""The default: at least MIN_SIDE on each side, at most MAX_ASPECT_RATIO."""
 
 _MODES_KEPT = ("L", "RGB")
 

@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import OwnerDep
 from api.deps import StoreDep
 from api.problems import REDIS_RETRY_AFTER, problem_response, problem_responses
+from api.schemas import DISCLAIMER
 from service.jobstore import JobStore
 
 router = APIRouter(tags=["operations"])
@@ -34,7 +35,7 @@ async def readyz(store: StoreDep) -> JSONResponse:
 
 
 @router.get("/models", responses=problem_responses(401, 503))
-async def models(store: StoreDep, _: OwnerDep) -> dict[str, list[dict[str, Any]]]:
+async def models(store: StoreDep, _: OwnerDep) -> dict[str, Any]:
     """The models the live workers serve, one entry per model file, with how many processes serve it."""
     served: dict[tuple[str, str], dict[str, Any]] = {}
     for worker in await run_in_threadpool(store.live_workers):
@@ -42,7 +43,7 @@ async def models(store: StoreDep, _: OwnerDep) -> dict[str, list[dict[str, Any]]
             "name": worker["model_name"], "version": worker["model_version"], "sha256": worker["sha256"],
             "labels": worker["labels"].split(","), "runtime": worker["runtime"], "workers": 0})
         entry["workers"] += 1
-    return {"models": list(served.values())}
+    return {"models": list(served.values()), "notice": DISCLAIMER}
 
 
 @router.get("/metrics", response_class=Response,

@@ -26,7 +26,8 @@ async def predict(
     owner: OwnerDep,
     file: Annotated[UploadFile, File(description="One image (PNG, JPEG or DICOM)")],
 ) -> LegacyPrediction:
-    uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes, max_files=1)
+    uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes,
+                                 max_unzipped_bytes=settings.max_unzipped_bytes, max_files=1)
     _, (submitted,) = await submit_batch(store, batcher, uploads, owner=owner,
                                              max_queue=settings.max_queue)
     job = await wait_for_job(store, redis, submitted.id, timeout=settings.predict_timeout)

@@ -1,6 +1,7 @@
 """Bad input gets a clear problem (4xx) at the API, or a failed job with its reason; never a 500."""
 
 import io
+import os
 import struct
 import zipfile
 import zlib
@@ -29,9 +30,9 @@ def png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def encoded(image_format: str) -> bytes:
+def encoded(image_format: str, size: tuple[int, int] = (32, 32)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), "gray").save(buffer, image_format)
+    Image.new("RGB", size, "gray").save(buffer, image_format)
     return buffer.getvalue()
 
 
@@ -41,6 +42,7 @@ def assert_problem(answer: httpx.Response, status: int, detail_part: str) -> Non
     body = answer.json()
     assert body["status"] == status and body["title"] and body["type"].startswith("urn:pneuradnet:problem:")
     assert detail_part in body["detail"]
+    assert body["error"] == body["detail"]  # what clients of the original service read
 
 
 def test_each_bad_image_fails_its_own_job_with_its_reason(client: httpx.Client, radiographs: list[Path]):
@@ -54,6 +56,10 @@ def test_each_bad_image_fails_its_own_job_with_its_reason(client: httpx.Client, 
         "anim.gif": (encoded("GIF"), "GIF images are not accepted: send PNG, JPEG or DICOM"),
         "scan.tiff": (encoded("TIFF"), "TIFF images are not accepted: send PNG, JPEG or DICOM"),
         "photo.webp": (encoded("WEBP"), "WEBP images are not accepted: send PNG, JPEG or DICOM"),
+        "dot.png": (encoded("PNG", (1, 1)), "image is 1x1, too small for a radiograph: the minimum is 64 pixels"),
+        "icon.jpeg": (encoded("JPEG", (63, 300)), "image is 63x300, too small for a radiograph"),
+        "banner.png": (encoded("PNG", (1000, 200)), "image is 1000x200, an aspect ratio of 5.0:1, too elongated "
+                                                   "for a radiograph: the most accepted is 4:1"),
     }
     files = [("files", (name, data)) for name, (data, _) in bad.items()]
     files.append(("files", (radiographs[0].name, jpeg)))
@@ -134,6 +140,45 @@ def test_a_misnamed_field_says_which_field_to_use(client: httpx.Client, field: s
     answer = client.post("/jobs", files={field: ("a.png", b"x")})
 
     assert_problem(answer, 422, "send them in the multipart field `files`")
+
+
+def test_the_original_client_reads_why_its_image_was_refused(client: httpx.Client):
+    answer = client.post("/predict/", files={"file": ("dot.png", encoded("PNG", (1, 1)))})
+
+    assert_problem(answer, 422, "image is 1x1, too small for a radiograph")
+    assert answer.json()["error"].startswith("image is 1x1")
+
+
+def test_a_chunked_upload_over_the_byte_limit_is_refused_as_too_large(client: httpx.Client, store: JobStore):
+    boundary = "pneuradnet-test"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"huge.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+    def body():  # no Content-Length: the body is sent chunked and only its size as it arrives can refuse it
+        yield head
+        for _ in range(31):
+            yield b"\0" * (1024 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    answer = client.post("/jobs", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+
+    assert_problem(answer, 413, "larger than the limit of 31,457,280 bytes")
+    assert store.queued_count() == 0
+
+
+def test_a_zip_counts_once_against_the_byte_limit(client: httpx.Client):
+    # 21 MiB of stored (uncompressed) members in a 21 MiB archive: under the 30 MiB limit once, over it if counted
+    # twice. The members need not be images to be admitted (their jobs fail in the worker, or are canceled here).
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zip_file:
+        for n in range(21):
+            zip_file.writestr(f"study/{n}.jpeg", os.urandom(1024 * 1024))
+
+    answer = client.post("/jobs", files={"files": ("study.zip", archive.getvalue())})
+
+    assert answer.status_code == 202, answer.text
+    assert len(answer.json()["jobs"]) == 21
+    client.delete(f"/batches/{answer.json()['batch_id']}")
 
 
 def test_predict_without_its_file_field_says_so(client: httpx.Client):

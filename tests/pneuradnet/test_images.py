@@ -1,4 +1,5 @@
 import io
+import re
 import struct
 import zlib
 
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pneuradnet.errors import InvalidImageError
-from pneuradnet.images import MAX_PIXELS, MAX_SIDE, decode_image
+from pneuradnet.images import MAX_PIXELS, MAX_SIDE, RADIOGRAPH_SHAPE, ShapeLimits, decode_image
 
 
 def with_declared_size(png: bytes, width: int, height: int) -> bytes:
@@ -173,3 +174,27 @@ def test_real_radiograph_decodes_as_8_bit_grayscale(radiograph):
 
     assert image.mode == "L"
     assert image.size == (1272, 1040)
+
+
+@pytest.mark.parametrize(("size", "reason"), [
+    ((1, 1), "image is 1x1, too small for a radiograph: the minimum is 64 pixels on each side"),
+    ((300, 63), "image is 300x63, too small for a radiograph"),
+    ((1000, 200), "image is 1000x200, an aspect ratio of 5.0:1, too elongated for a radiograph: the most accepted "
+                  "is 4:1"),
+])
+def test_an_image_too_small_or_elongated_for_a_radiograph_is_refused_with_its_size(size, reason):
+    with pytest.raises(InvalidImageError, match=re.escape(reason)):
+        RADIOGRAPH_SHAPE.check(*size)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (2000, 2500), (400, 100)])
+def test_radiograph_shapes_pass(size):
+    RADIOGRAPH_SHAPE.check(*size)
+
+
+def test_the_shape_limits_are_settings():
+    ShapeLimits(min_side=8, max_aspect_ratio=10).check(80, 8)
+    with pytest.raises(InvalidImageError, match="the minimum is 512 pixels"):
+        ShapeLimits(min_side=512).check(500, 600)
+    with pytest.raises(ValueError, match="max_aspect_ratio must be at least 1"):
+        ShapeLimits(max_aspect_ratio=0.5)
