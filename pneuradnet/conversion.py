@@ -32,6 +32,7 @@ import numpy as np
 
 from pneuradnet.classifier import softmax
 from pneuradnet.errors import ConversionError, ModelFileError
+from pneuradnet.keras_model import load_keras_model
 from pneuradnet.manifest import sha256_of
 from pneuradnet.runtimes.onnx import OnnxRuntime
 
@@ -166,11 +167,8 @@ def verify_conversion(onnx_file: Path, inputs: np.ndarray, reference: np.ndarray
 
 def _convert_into(onnx_file: Path, model_file: Path, *, source_sha256: str, converter_version: str, opset: int,
                   check_inputs: np.ndarray | Sequence[np.ndarray] | None, logits: bool) -> None:
-    tf, keras, tf2onnx = _import_converter()
-    try:
-        model = keras.saving.load_model(model_file, compile=False)
-    except (OSError, ValueError) as error:
-        raise ModelFileError(f"cannot load Keras model {model_file}: {error}") from error
+    tf, tf2onnx = _import_converter()
+    model = load_keras_model(model_file)
     if isinstance(model.input_shape, list):
         raise ConversionError(f"{model_file} takes {len(model.input_shape)} inputs; only one-input models convert")
     inputs, input_kind = _check_inputs_for(model.input_shape[1:], check_inputs)
@@ -208,7 +206,7 @@ def _convert_into(onnx_file: Path, model_file: Path, *, source_sha256: str, conv
 
 def _import_converter():
     try:
-        import keras
+        import keras  # noqa: F401  (load_keras_model imports it: its absence is reported here, with the others)
         import tensorflow as tf
         import tf2onnx
     except ImportError as error:
@@ -216,7 +214,7 @@ def _import_converter():
             f"converting a Keras model to ONNX needs tensorflow, tf2onnx and onnx ({error}); "
             "install them with pip install 'pneuradnet[onnx-convert]'"
         ) from error
-    return tf, keras, tf2onnx
+    return tf, tf2onnx
 
 
 def _check_inputs_for(shape: tuple[int | None, ...],

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pneuradnet.errors import ModelFileError, ModelManifestError
+from pneuradnet.keras_model import load_keras_model
 from pneuradnet.manifest import ModelManifest
 
 LAYER_SEPARATOR = "/"
@@ -82,12 +83,7 @@ class GradCam:
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:
                 pass
-        import keras
-
-        try:
-            model = keras.saving.load_model(model_file, compile=False)
-        except (OSError, ValueError) as error:
-            raise ModelFileError(f"cannot load Keras model {model_file}: {error}") from error
+        model = load_keras_model(model_file)
         self.manifest = manifest
         self.layer_path = _resolve(model, manifest.explain_layer, manifest.name)
         if manifest.output == "probabilities":

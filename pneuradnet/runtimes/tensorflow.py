@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneuradnet.errors import ModelFileError
+from pneuradnet.keras_model import load_keras_model
 
 
 class TensorFlowRuntime:
@@ -17,12 +17,7 @@ class TensorFlowRuntime:
             # Must happen before TensorFlow creates its thread pools, i.e. before the model loads.
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
-        import keras
-
-        try:
-            self._model = keras.saving.load_model(model_file, compile=False)
-        except (OSError, ValueError) as error:
-            raise ModelFileError(f"cannot load Keras model {model_file}: {error}") from error
+        self._model = load_keras_model(model_file)
         _, height, width, channels = self._model.input_shape
         self.input_shape = (height, width, channels)
         self.output_size = self._model.output_shape[-1]
