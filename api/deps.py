@@ -8,6 +8,7 @@ from redis.asyncio import Redis as AsyncRedis
 from api.batcher import EnqueueBatcher
 from service.jobstore import JobStore
 from service.settings import Settings
+from service.workers import WorkerRegistry
 
 
 def get_settings(request: Request) -> Settings:
@@ -16,6 +17,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+def get_workers(request: Request) -> WorkerRegistry:
+    return request.app.state.workers
 
 
 def get_async_redis(request: Request) -> AsyncRedis:
@@ -28,5 +33,6 @@ def get_batcher(request: Request) -> EnqueueBatcher:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 BatcherDep = Annotated[EnqueueBatcher, Depends(get_batcher)]

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batcher import EnqueueBatcher
 from api.problems import ProblemError
-from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload, batch_channel, job_channel
+from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload
+from service.keys import batch_channel, job_channel
 from service.logs import job_event
 
 log = logging.getLogger(__name__)

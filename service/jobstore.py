@@ -1,22 +1,8 @@
-"""The job store: every Redis key name, the job state machine, and TTLs. Shared by the API and the workers.
+"""The job store: jobs and batches in Redis, the job state machine, and their TTLs. Shared by the API and the
+workers; the key names it uses are service/keys.py's.
 
-Layout (all under the `pneuradnet:` prefix, all expiring JOB_TTL after submission):
-- `job:{id}`            hash: the job record (see `Job`)
-- `job:{id}:image`      string: the uploaded bytes, deleted as soon as the job finishes
-- `job:{id}:heatmap`    string: the Grad-CAM heatmap over the image as PNG, for a job submitted with explain;
-                        stored before the job succeeds, expiring with the job record
-- `job:{id}:events`     pub/sub channel: the new status on every transition (long-polls listen here)
-- `batch:{id}`          hash: created_at, total, owner, and the number of its jobs in each status
-- `batch:{id}:events`   pub/sub channel: the new status of each of its jobs that finishes (batch long-polls)
-- `batch:{id}:jobs`     list: the batch's job ids in upload order
-- `registry:queued`     sorted set: queued job ids scored by submission time (queue depth, backpressure)
-- `registry:running`    sorted set: running job ids scored by their deadline
-- `idempotency:{owner}:{key}`  string: JSON {batch_id, fingerprint} of a submission with an Idempotency-Key
-- `metrics`             hash: cluster-wide counters and histogram buckets (see service/metrics.py), no expiry
-- `worker:{name}`       hash: a live model process and the model it serves, expiring WORKER_TTL after its
-                        last heartbeat
-
-Every transition runs as one Lua script, so status, registries, image deletion and notification never disagree.
+Every transition runs as one Lua script, so status, registries, batch counts, image deletion and notification
+never disagree.
 """
 
 import hashlib
@@ -33,53 +19,19 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
-PREFIX = "pneuradnet"
-QUEUED_REGISTRY = f"{PREFIX}:registry:queued"
-METRICS = f"{PREFIX}:metrics"
-RUNNING_REGISTRY = f"{PREFIX}:registry:running"
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def image_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:image"
-
-
-def heatmap_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:heatmap"
-
-
-def job_channel(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:events"
-
-
-BATCH_KEY_PREFIX = f"{PREFIX}:batch:"
-
-
-def batch_key(batch_id: str) -> str:
-    return f"{BATCH_KEY_PREFIX}{batch_id}"
-
-
-def batch_channel(batch_id: str) -> str:
-    return f"{BATCH_KEY_PREFIX}{batch_id}:events"
-
-
-def batch_jobs_key(batch_id: str) -> str:
-    return f"{PREFIX}:batch:{batch_id}:jobs"
-
-
-def idempotency_key(owner: str, key: str) -> str:
-    return f"{PREFIX}:idempotency:{owner}:{key}"
-
-
-def worker_key(name: str) -> str:
-    return f"{PREFIX}:worker:{name}"
-
-
-WORKER_TTL = 30
-"""Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""
+from service.keys import (
+    METRICS,
+    QUEUED_REGISTRY,
+    RUNNING_REGISTRY,
+    batch_channel,
+    batch_jobs_key,
+    batch_key,
+    heatmap_key,
+    idempotency_key,
+    image_key,
+    job_channel,
+    job_key,
+)
 
 
 class IdempotencyConflict(Exception):
@@ -108,6 +60,14 @@ ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {
 """The state machine: for each target status, the statuses a job may move to it from."""
 
 _TRANSITION = """
+-- Moves one job to a new status, if the state machine allows it from the status it is in.
+-- KEYS[1] job hash          KEYS[2] job image        KEYS[3] queued registry   KEYS[4] running registry
+-- KEYS[5] metrics hash      KEYS[6] the job's batch hash (it may have expired)
+-- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
+-- ARGV[3] target status     ARGV[4] deadline (score in the running registry; used when the target is running)
+-- ARGV[5] job channel       ARGV[6] batch channel
+-- ARGV[7..] field, value pairs to set on the job hash
+-- Returns {1, status before} when moved, {0, current status or ''} when not (gone, or not allowed).
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {0, status} end
@@ -116,18 +76,17 @@ redis.call('HSET', KEYS[1], 'status', target)
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-local batch = ARGV[6] .. redis.call('HGET', KEYS[1], 'batch_id')
-local batch_exists = redis.call('EXISTS', batch) == 1
+local batch_exists = redis.call('EXISTS', KEYS[6]) == 1
 if batch_exists then
-  redis.call('HINCRBY', batch, status, -1)
-  redis.call('HINCRBY', batch, target, 1)
+  redis.call('HINCRBY', KEYS[6], status, -1)
+  redis.call('HINCRBY', KEYS[6], target, 1)
 end
 if target == 'running' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 else
   redis.call('DEL', KEYS[2])
-  if batch_exists then redis.call('PUBLISH', batch .. ':events', target) end
+  if batch_exists then redis.call('PUBLISH', ARGV[6], target) end
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
@@ -201,14 +160,14 @@ class JobStore:
     """Synchronous access to jobs and batches in the Redis at `url`."""
 
     def __init__(self, url: str, *, ttl: int) -> None:
-        self.redis = Redis.from_url(url, decode_responses=True)
+        self._redis = Redis.from_url(url, decode_responses=True)
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
         self._raw = Redis.from_url(url)
         self.ttl = ttl
-        self._transition = self.redis.register_script(_TRANSITION)
+        self._transition = self._redis.register_script(_TRANSITION)
 
     def close(self) -> None:
-        self.redis.close()
+        self._redis.close()
         self._raw.close()
 
     def create_batch(self, uploads: Sequence[Upload], *, owner: str = "", idempotency: str | None = None,
@@ -220,7 +179,7 @@ class JobStore:
         """
         # Only a keyed submission is fingerprinted: a bulk upload without a key need not hash all its bytes.
         fingerprint = _fingerprint(uploads, explain=explain) if idempotency is not None else ""
-        with self.redis.pipeline(transaction=True) as pipe:
+        with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     if idempotency is not None:
@@ -270,18 +229,18 @@ class JobStore:
         return batch, self.get_jobs(self.batch_job_ids(batch.id))
 
     def get_job(self, job_id: str) -> Job | None:
-        fields = self.redis.hgetall(job_key(job_id))
+        fields = self._redis.hgetall(job_key(job_id))
         return Job.from_hash(fields) if fields else None
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
         """The jobs that still exist, in the order asked."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(job_key(job_id))
         return [Job.from_hash(fields) for fields in pipe.execute() if fields]
 
     def get_batch(self, batch_id: str) -> Batch | None:
-        fields = self.redis.hgetall(batch_key(batch_id))
+        fields = self._redis.hgetall(batch_key(batch_id))
         if not fields:
             return None
         return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
@@ -289,7 +248,7 @@ class JobStore:
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
-        return self.redis.lrange(batch_jobs_key(batch_id), start, stop)
+        return self._redis.lrange(batch_jobs_key(batch_id), start, stop)
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """The uploaded bytes of each job, in order, in one round trip; None where they are gone."""
@@ -300,7 +259,7 @@ class JobStore:
 
         Call it before the job succeeds, so that a client told of the success finds the heatmap.
         """
-        remaining = self.redis.pttl(job_key(job_id))  # ms; -2: no such key, -1: no expiry (never set so here)
+        remaining = self._redis.pttl(job_key(job_id))  # ms; -2: no such key, -1: no expiry (never set so here)
         if remaining == -2:
             return False
         self._raw.set(heatmap_key(job_id), png, px=remaining if remaining > 0 else self.ttl * 1000)
@@ -316,9 +275,10 @@ class JobStore:
 
     def start_many(self, job_ids: Sequence[str], *, deadline: float, worker: str = "") -> list[Job]:
         """start() for each job, in one round trip: the jobs that started, in order."""
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            self._queue_move(pipe, job_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(), worker=worker)
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, batch_id in zip(job_ids, self._batch_ids(job_ids), strict=True):
+            self._queue_move(pipe, job_id, batch_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(),
+                             worker=worker)
         moved = pipe.execute()
         return self.get_jobs([job_id for job_id, (ok, _) in zip(job_ids, moved, strict=True) if ok])
 
@@ -327,10 +287,11 @@ class JobStore:
 
     def succeed_many(self, results: dict[str, dict[str, Any]]) -> list[str]:
         """succeed() for each job, in one round trip: the ids of the jobs that succeeded."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         finished_at = now_iso()
-        for job_id, result in results.items():
-            self._queue_move(pipe, job_id, JobStatus.SUCCEEDED, result=json.dumps(result), finished_at=finished_at)
+        for (job_id, result), batch_id in zip(results.items(), self._batch_ids(list(results)), strict=True):
+            self._queue_move(pipe, job_id, batch_id, JobStatus.SUCCEEDED, result=json.dumps(result),
+                             finished_at=finished_at)
         return [job_id for job_id, (ok, _) in zip(results, pipe.execute(), strict=True) if ok]
 
     def fail(self, job_id: str, error: dict[str, Any]) -> bool:
@@ -348,45 +309,52 @@ class JobStore:
         places in the queue freed) and its idempotency key is forgotten, so that a retry with it submits anew."""
         self.cancel_batch(batch_id)
         if idempotency is not None:
-            self.redis.delete(idempotency_key(owner, idempotency))
+            self._redis.delete(idempotency_key(owner, idempotency))
 
     def queued_count(self) -> int:
-        return self.redis.zcard(QUEUED_REGISTRY)
+        return self._redis.zcard(QUEUED_REGISTRY)
 
     def running_count(self) -> int:
-        return self.redis.zcard(RUNNING_REGISTRY)
+        return self._redis.zcard(RUNNING_REGISTRY)
 
-    def announce_worker(self, name: str, info: dict[str, str]) -> None:
-        """Say (again) that this model process is alive and what it serves; call every WORKER_TTL / 3."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(worker_key(name), mapping={**info, "name": name, "seen_at": now_iso()})
-            pipe.expire(worker_key(name), WORKER_TTL)
-            pipe.execute()
+    def ping(self) -> None:
+        """Raise redis' ConnectionError or TimeoutError unless Redis answers."""
+        self._redis.ping()
 
-    def retire_worker(self, name: str) -> None:
-        self.redis.delete(worker_key(name))
+    def add_to_metrics(self, increments: dict[str, float]) -> None:
+        """Add to cluster-wide counters of the metrics hash, in one round trip (service/metrics.py names them)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrbyfloat(METRICS, field, amount)
+        pipe.execute()
 
-    def live_workers(self) -> list[dict[str, str]]:
-        names = list(self.redis.scan_iter(worker_key("*"), count=1000))
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(name)
-        return [info for info in pipe.execute() if info]
+    def metrics(self) -> dict[str, float]:
+        """Every counter of the metrics hash, job counts by status included (the transition script keeps those)."""
+        return {field: float(value) for field, value in self._redis.hgetall(METRICS).items()}
 
-    def _move(self, job_id: str, target: JobStatus, *, score: float = 0.0, **fields: str) -> bool:
-        pipe = self.redis.pipeline(transaction=False)
-        self._queue_move(pipe, job_id, target, score=score, **fields)
+    def _move(self, job_id: str, target: JobStatus, **fields: str) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, **fields)
         ((moved, _),) = pipe.execute()
         return bool(moved)
 
-    def _queue_move(self, pipe: Pipeline, job_id: str, target: JobStatus, *, score: float = 0.0,
+    def _batch_ids(self, job_ids: Sequence[str]) -> list[str]:
+        """The batch of each job, in one round trip ('' for a job that is gone): the transition script is handed
+        every key it touches, the batch's too, and a job's batch never changes."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "batch_id")
+        return [batch_id or "" for batch_id in pipe.execute()]
+
+    def _queue_move(self, pipe: Pipeline, job_id: str, batch_id: str, target: JobStatus, *, score: float = 0.0,
                     **fields: str) -> None:
         """Queue the transition script on `pipe`; its answer, [moved, status before], comes from execute()."""
         allowed = "," + ",".join(ALLOWED_FROM[target]) + ","
         pairs = [item for pair in fields.items() for item in pair]
         self._transition(
-            keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS],
-            args=[job_id, allowed, target.value, score, job_channel(job_id), BATCH_KEY_PREFIX, *pairs],
+            keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS,
+                  batch_key(batch_id)],
+            args=[job_id, allowed, target.value, score, job_channel(job_id), batch_channel(batch_id), *pairs],
             client=pipe,
         )
 

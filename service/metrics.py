@@ -4,12 +4,14 @@ Workers add observations to the `pneuradnet:metrics` hash; job counters are coun
 transition script itself. The API turns the hash into Prometheus families at scrape time.
 """
 
+from collections import Counter
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.jobstore import METRICS, JobStatus, JobStore
+from service.jobstore import JobStatus, JobStore
+from service.workers import WorkerRegistry
 
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "queue_wait_seconds": ("Time from submission to a worker taking the job",
@@ -24,24 +26,25 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
 def observe(store: JobStore, name: str, values: list[float]) -> None:
     """Add observations to a histogram in one round trip."""
     _, buckets = HISTOGRAMS[name]
-    pipe = store.redis.pipeline(transaction=False)
+    increments: Counter[str] = Counter()
     for value in values:
-        pipe.hincrby(METRICS, f"{name}:count", 1)
-        pipe.hincrbyfloat(METRICS, f"{name}:sum", value)
+        increments[f"{name}:count"] += 1
+        increments[f"{name}:sum"] += value
         for bound in buckets:
             if value <= bound:
-                pipe.hincrby(METRICS, f"{name}:le:{bound:g}", 1)
-    pipe.execute()
+                increments[f"{name}:le:{bound:g}"] += 1
+    store.add_to_metrics(increments)
 
 
 class StoreCollector(Collector):
     """Reads the metrics hash and the registries at each scrape."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, workers: WorkerRegistry) -> None:
         self.store = store
+        self.workers = workers
 
-    def collect(self) -> Iterator:
-        values = {field: float(value) for field, value in self.store.redis.hgetall(METRICS).items()}
+    def collect(self) -> Iterator[Metric]:
+        values = self.store.metrics()
         jobs = CounterMetricFamily("pneuradnet_jobs", "Jobs by event: submitted, or the status they moved to",
                                    labels=["event"])
         for event in ("submitted", *(status.value for status in JobStatus if status is not JobStatus.QUEUED)):
@@ -51,7 +54,7 @@ class StoreCollector(Collector):
                                 value=self.store.queued_count())
         yield GaugeMetricFamily("pneuradnet_jobs_running", "Jobs a worker holds now", value=self.store.running_count())
         yield GaugeMetricFamily("pneuradnet_workers_live", "Model processes that announced themselves lately",
-                                value=len(self.store.live_workers()))
+                                value=len(self.workers.live()))
         for name, (description, bounds) in HISTOGRAMS.items():
             cumulative = [(f"{bound:g}", values.get(f"{name}:le:{bound:g}", 0.0)) for bound in bounds]
             count = values.get(f"{name}:count", 0.0)

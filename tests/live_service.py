@@ -9,7 +9,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.jobstore import PREFIX, JobStore
+from service.jobstore import JobStore
+from service.keys import PREFIX
 from service.queue import make_celery, send_classify_task
 from service.settings import Settings
 from tests import processes
@@ -53,6 +54,14 @@ def start_api(log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
 def broker_clean() -> None:
     """Start the session with an empty test database: no tasks left over from an earlier run."""
     Redis.from_url(TEST_REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def redis(broker_clean: None) -> Iterator[Redis]:
+    """A plain client of the test database, for what the store's own methods do not show (TTLs, channels)."""
+    client = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
 
 
 @pytest.fixture

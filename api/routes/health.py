@@ -6,10 +6,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
-from api.deps import StoreDep
+from api.deps import StoreDep, WorkersDep
 from api.problems import REDIS_RETRY_AFTER, problem_response, problem_responses
 from api.schemas import DISCLAIMER
 from service.jobstore import JobStore
+from service.workers import WorkerRegistry
 
 router = APIRouter(tags=["operations"])
 
@@ -21,24 +22,24 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(store: StoreDep) -> JSONResponse:
+async def readyz(store: StoreDep, workers: WorkersDep) -> JSONResponse:
     """Ready when Redis answers and at least one worker process has loaded its model."""
     try:
-        workers = await run_in_threadpool(_live_workers, store)
+        live = await run_in_threadpool(_live_workers, store, workers)
     except Exception:
         return problem_response(503, "not-ready", "the job store (Redis) does not answer",
                                 {"Retry-After": str(REDIS_RETRY_AFTER)})
-    if not workers:
+    if not live:
         return problem_response(503, "not-ready", "no worker is alive with a loaded model: jobs would wait",
                                 {"Retry-After": str(REDIS_RETRY_AFTER)})
-    return JSONResponse({"status": "ready", "workers": len(workers)})
+    return JSONResponse({"status": "ready", "workers": len(live)})
 
 
 @router.get("/models", responses=problem_responses(401, 503))
-async def models(store: StoreDep, _: OwnerDep) -> dict[str, Any]:
+async def models(workers: WorkersDep, _: OwnerDep) -> dict[str, Any]:
     """The models the live workers serve, one entry per model file, with how many processes serve it."""
     served: dict[tuple[str, str], dict[str, Any]] = {}
-    for worker in await run_in_threadpool(store.live_workers):
+    for worker in await run_in_threadpool(workers.live):
         entry = served.setdefault((worker["model_name"], worker["sha256"]), {
             "name": worker["model_name"], "version": worker["model_version"], "sha256": worker["sha256"],
             "labels": worker["labels"].split(","), "runtime": worker["runtime"], "workers": 0})
@@ -54,6 +55,6 @@ async def metrics(request: Request) -> Response:
     return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _live_workers(store: JobStore) -> list[dict[str, str]]:
-    store.redis.ping()
-    return store.live_workers()
+def _live_workers(store: JobStore, workers: WorkerRegistry) -> list[dict[str, str]]:
+    store.ping()
+    return workers.live()

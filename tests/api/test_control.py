@@ -8,7 +8,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.jobstore import PREFIX, JobStatus, JobStore, Upload
+from service.jobstore import JobStatus, JobStore, Upload
+from service.keys import PREFIX
 from service.queue import QUEUE
 from tests.live_service import TEST_REDIS_URL, enqueue, start_api
 from tests.processes import stop
@@ -116,7 +117,7 @@ def test_an_idempotency_key_makes_a_retried_submission_safe(client: httpx.Client
     assert [job["id"] for job in again.json()["jobs"]] == [job["id"] for job in first.json()["jobs"]]
     assert other.status_code == 422
     assert "was used for other files" in other.json()["detail"]
-    assert int(store.redis.hget("pneuradnet:metrics", "jobs_submitted")) == 2
+    assert store.metrics()["jobs_submitted"] == 2
 
 
 QUEUELESS_USER = "pneuradnet-test-queueless"

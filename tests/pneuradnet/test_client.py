@@ -15,7 +15,7 @@ import pytest
 
 from api.submission import BUSY_RETRY_AFTER
 from pneuradnet.client import Client, ServiceError, ServiceUnreachableError
-from service.jobstore import METRICS, JobStore, Upload
+from service.jobstore import JobStore, Upload
 from tests.live_service import start_api
 from tests.processes import ROOT, free_port, stop, wait_until
 
@@ -37,7 +37,7 @@ def run_submit(*args: object, env: dict[str, str] | None = None) -> subprocess.C
 
 def jobs_submitted(store: JobStore) -> int:
     """Jobs the service has created since the job store was wiped, counted by the store itself."""
-    return int(store.redis.hget(METRICS, "jobs_submitted") or 0)
+    return int(store.metrics().get("jobs_submitted", 0))
 
 
 @pytest.fixture

@@ -1,22 +1,11 @@
 import time
 
 import pytest
+from redis import Redis
 
-from service import jobstore
-from service.jobstore import QUEUED_REGISTRY, RUNNING_REGISTRY, JobStatus, JobStore, Upload
-
-
-def test_key_formats_are_pinned():
-    # Deployed workers and APIs of different versions share Redis: these names are an interface.
-    assert jobstore.job_key("j1") == "pneuradnet:job:j1"
-    assert jobstore.image_key("j1") == "pneuradnet:job:j1:image"
-    assert jobstore.heatmap_key("j1") == "pneuradnet:job:j1:heatmap"
-    assert jobstore.job_channel("j1") == "pneuradnet:job:j1:events"
-    assert jobstore.batch_key("b1") == "pneuradnet:batch:b1"
-    assert jobstore.batch_jobs_key("b1") == "pneuradnet:batch:b1:jobs"
-    assert jobstore.batch_channel("b1") == "pneuradnet:batch:b1:events"
-    assert QUEUED_REGISTRY == "pneuradnet:registry:queued"
-    assert RUNNING_REGISTRY == "pneuradnet:registry:running"
+from service import jobstore, keys
+from service.jobstore import JobStatus, JobStore, Upload
+from service.keys import RUNNING_REGISTRY
 
 
 def submit(store: JobStore, *names: str) -> list[jobstore.Job]:
@@ -24,7 +13,7 @@ def submit(store: JobStore, *names: str) -> list[jobstore.Job]:
     return jobs
 
 
-def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore):
+def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore, redis: Redis):
     batch, jobs, _ = store.create_batch([Upload("a.png", b"\x89PNG a"), Upload("b.jpeg", b"\xff\xd8 b")])
 
     assert store.get_batch(batch.id).total == 2
@@ -32,23 +21,23 @@ def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore):
     assert [job.status for job in store.get_jobs([job.id for job in jobs])] == [JobStatus.QUEUED] * 2
     assert store.images([jobs[1].id])[0] == b"\xff\xd8 b"
     assert store.queued_count() == 2
-    for key in (jobstore.batch_key(batch.id), jobstore.job_key(jobs[0].id), jobstore.image_key(jobs[0].id)):
-        assert 0 < store.redis.ttl(key) <= 600
+    for key in (keys.batch_key(batch.id), keys.job_key(jobs[0].id), keys.image_key(jobs[0].id)):
+        assert 0 < redis.ttl(key) <= 600
 
 
-def test_a_job_runs_then_succeeds_and_its_image_is_deleted(store: JobStore):
+def test_a_job_runs_then_succeeds_and_its_image_is_deleted(store: JobStore, redis: Redis):
     (job,) = submit(store, "a.png")
 
     running = store.start(job.id, deadline=time.time() + 60)
     assert running.status is JobStatus.RUNNING and running.deliveries == 1 and running.started_at
-    assert store.redis.zscore(RUNNING_REGISTRY, job.id) is not None
+    assert redis.zscore(RUNNING_REGISTRY, job.id) is not None
     assert store.queued_count() == 0
 
     assert store.succeed(job.id, {"predicted_class": "NORMAL"})
     done = store.get_job(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.result == {"predicted_class": "NORMAL"} and done.finished_at
     assert store.images([job.id])[0] is None
-    assert store.redis.zscore(RUNNING_REGISTRY, job.id) is None
+    assert redis.zscore(RUNNING_REGISTRY, job.id) is None
 
 
 def test_a_finished_job_is_never_started_or_finished_again(store: JobStore):
@@ -81,10 +70,10 @@ def test_only_a_queued_job_can_be_canceled(store: JobStore):
     assert store.images([queued.id])[0] is None
 
 
-def test_every_transition_is_published_on_the_job_channel(store: JobStore):
+def test_every_transition_is_published_on_the_job_channel(store: JobStore, redis: Redis):
     (job,) = submit(store, "a.png")
-    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(jobstore.job_channel(job.id))
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.job_channel(job.id))
     pubsub.get_message(timeout=1)  # the subscription confirmation
 
     store.start(job.id, deadline=time.time() + 60)
@@ -95,7 +84,7 @@ def test_every_transition_is_published_on_the_job_channel(store: JobStore):
     pubsub.close()
 
 
-def test_an_explained_job_keeps_its_heatmap_as_long_as_its_record(store: JobStore):
+def test_an_explained_job_keeps_its_heatmap_as_long_as_its_record(store: JobStore, redis: Redis):
     _, (job,), _ = store.create_batch([Upload("a.png", b"\x89PNG a")], explain=True)
     (plain,) = submit(store, "b.png")
     assert store.get_job(job.id).explain and not store.get_job(plain.id).explain
@@ -106,7 +95,7 @@ def test_an_explained_job_keeps_its_heatmap_as_long_as_its_record(store: JobStor
 
     assert store.heatmap(job.id) == b"\x89PNG heatmap"
     assert store.heatmap(plain.id) is None
-    assert abs(store.redis.pttl(jobstore.heatmap_key(job.id)) - store.redis.pttl(jobstore.job_key(job.id))) < 1000
+    assert abs(redis.pttl(keys.heatmap_key(job.id)) - redis.pttl(keys.job_key(job.id))) < 1000
     assert not store.save_heatmap("no-such-job", b"\x89PNG")
     assert store.heatmap("no-such-job") is None
 
@@ -125,16 +114,60 @@ def test_an_unknown_job_is_none_and_cannot_move(store: JobStore):
     assert not store.succeed("no-such-job", {})
 
 
-@pytest.mark.parametrize("target", list(jobstore.ALLOWED_FROM))
-def test_the_state_machine_only_moves_forward(target: JobStatus):
-    # No transition leads out of a finished state.
-    assert not any(status.finished for status in jobstore.ALLOWED_FROM[target])
+MOVES = {
+    (JobStatus.QUEUED, JobStatus.RUNNING), (JobStatus.RUNNING, JobStatus.RUNNING),  # the latter: a redelivery
+    (JobStatus.RUNNING, JobStatus.SUCCEEDED), (JobStatus.QUEUED, JobStatus.FAILED),
+    (JobStatus.RUNNING, JobStatus.FAILED), (JobStatus.QUEUED, JobStatus.CANCELED),
+}
+"""The state machine the README documents: every (from, to) move a job may make; no other."""
 
 
-def test_a_batch_counts_its_finished_jobs_and_announces_each(store: JobStore):
+def put_in(store: JobStore, status: JobStatus) -> jobstore.Job:
+    (job,) = submit(store, "a.png")
+    if status is not JobStatus.QUEUED:
+        assert store.start(job.id, deadline=time.time() + 60)
+    if status is JobStatus.SUCCEEDED:
+        assert store.succeed(job.id, {})
+    elif status is JobStatus.FAILED:
+        assert store.fail(job.id, {"detail": "broken"})
+    elif status is JobStatus.CANCELED:
+        (job,) = submit(store, "b.png")
+        assert store.cancel(job.id)
+    return job
+
+
+def move(store: JobStore, job: jobstore.Job, target: JobStatus) -> bool:
+    if target is JobStatus.RUNNING:
+        return store.start(job.id, deadline=time.time() + 60) is not None
+    if target is JobStatus.SUCCEEDED:
+        return store.succeed(job.id, {"n": 2})
+    if target is JobStatus.FAILED:
+        return store.fail(job.id, {"detail": "late"})
+    return store.cancel(job.id)
+
+
+@pytest.mark.parametrize("target", [status for status in JobStatus if status is not JobStatus.QUEUED])
+@pytest.mark.parametrize("current", list(JobStatus))
+def test_the_transition_script_makes_exactly_the_documented_moves(store: JobStore, current: JobStatus,
+                                                                  target: JobStatus):
+    job = put_in(store, current)
+    before = store.get_batch(job.batch_id).counts
+
+    moved = move(store, job, target)
+
+    assert moved == ((current, target) in MOVES)
+    assert store.get_job(job.id).status is (target if moved else current)
+    after = store.get_batch(job.batch_id).counts
+    if moved and current is not target:  # the batch's counts follow the job, and only when it moves
+        assert (after[current], after[target]) == (before[current] - 1, before[target] + 1)
+    else:
+        assert after == before
+
+
+def test_a_batch_counts_its_finished_jobs_and_announces_each(store: JobStore, redis: Redis):
     batch, (done, canceled, waiting), _ = store.create_batch([Upload(f"{n}.png", b"x") for n in range(3)])
-    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(jobstore.batch_channel(batch.id))
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.batch_channel(batch.id))
     pubsub.get_message(timeout=1)
 
     store.start(done.id, deadline=time.time() + 60)

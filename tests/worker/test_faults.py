@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from redis import Redis
 
-from service.jobstore import RUNNING_REGISTRY, Job, JobStatus, JobStore, Upload
+from service.jobstore import Job, JobStatus, JobStore, Upload
 from service.queue import make_celery, send_classify_task
 from service.settings import Settings
 from tests.live_service import start_api, start_worker
@@ -60,7 +60,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         faults_store: JobStore, radiographs: list[Path], tmp_path: Path):
     settings = {"REDIS_URL": FAULTS_REDIS_URL, "JOB_TIMEOUT": "5"}  # redelivery after 5 + 30 s
     first = start_worker(tmp_path / "first.log", **settings)
-    finished_events = faults_store.redis.pubsub(ignore_subscribe_messages=True)
+    finished_events = Redis.from_url(FAULTS_REDIS_URL, decode_responses=True).pubsub(ignore_subscribe_messages=True)
     finished_events.psubscribe("pneuradnet:job:*:events")
     jobs = submit(faults_store, [Upload(path.name, path.read_bytes()) for path in radiographs])
 
@@ -84,7 +84,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     for job in jobs:
         assert events.count((f"pneuradnet:job:{job.id}:events", "succeeded")) == 1
     assert all(job.deliveries == 2 for job in faults_store.get_jobs([job.id for job in jobs]))
-    assert faults_store.redis.zcard(RUNNING_REGISTRY) == 0
+    assert faults_store.running_count() == 0
 
 
 def test_a_job_that_kills_its_worker_every_time_fails_after_max_deliveries(
@@ -129,7 +129,7 @@ def test_a_task_past_job_timeout_fails_its_jobs_with_that_reason(faults_store: J
     for job in timed_out:
         assert job.error["type"] == "urn:pneuradnet:problem:job-timeout"
         assert job.error["detail"] == "the job ran longer than JOB_TIMEOUT (1 s)"
-    assert faults_store.redis.zcard(RUNNING_REGISTRY) == 0
+    assert faults_store.running_count() == 0
 
 
 @pytest.fixture

@@ -1,0 +1,66 @@
+"""Every Redis key and channel name of the service, and the lifetimes that are not settings. Deployed APIs and
+workers of different versions share one Redis, so these names are an interface (tests/service/test_keys.py pins
+them).
+
+Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL after submission):
+- `job:{id}`            hash: the job record (service.jobstore.Job)
+- `job:{id}:image`      string: the uploaded bytes, deleted as soon as the job finishes
+- `job:{id}:heatmap`    string: the Grad-CAM heatmap over the image as PNG, for a job submitted with explain;
+                        stored before the job succeeds, expiring with the job record
+- `job:{id}:events`     pub/sub channel: the new status on every transition (long-polls listen here)
+- `batch:{id}`          hash: created_at, total, owner, and the number of its jobs in each status
+- `batch:{id}:events`   pub/sub channel: the new status of each of its jobs that finishes (batch long-polls)
+- `batch:{id}:jobs`     list: the batch's job ids in upload order
+- `registry:queued`     sorted set: queued job ids scored by submission time (queue depth, backpressure)
+- `registry:running`    sorted set: running job ids scored by their deadline
+- `idempotency:{owner}:{key}`  string: JSON {batch_id, fingerprint} of a submission with an Idempotency-Key
+- `metrics`             hash: cluster-wide counters and histogram buckets (service/metrics.py), no expiry
+- `worker:{name}`       hash: a live model process and the model it serves (service/workers.py), expiring
+                        WORKER_TTL after its last heartbeat
+
+The Celery broker's own keys (the queue list, kombu's unacked hashes) are kombu's, named in service/queue.py.
+"""
+
+PREFIX = "pneuradnet"
+QUEUED_REGISTRY = f"{PREFIX}:registry:queued"
+RUNNING_REGISTRY = f"{PREFIX}:registry:running"
+METRICS = f"{PREFIX}:metrics"
+
+WORKER_TTL = 30
+"""Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def image_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:image"
+
+
+def heatmap_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:heatmap"
+
+
+def job_channel(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_channel(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:events"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    return f"{PREFIX}:idempotency:{owner}:{key}"
+
+
+def worker_key(name: str) -> str:
+    return f"{PREFIX}:worker:{name}"

@@ -1,0 +1,17 @@
+from service import keys
+
+
+def test_key_formats_are_pinned():
+    # Deployed workers and APIs of different versions share Redis: these names are an interface.
+    assert keys.job_key("j1") == "pneuradnet:job:j1"
+    assert keys.image_key("j1") == "pneuradnet:job:j1:image"
+    assert keys.heatmap_key("j1") == "pneuradnet:job:j1:heatmap"
+    assert keys.job_channel("j1") == "pneuradnet:job:j1:events"
+    assert keys.batch_key("b1") == "pneuradnet:batch:b1"
+    assert keys.batch_jobs_key("b1") == "pneuradnet:batch:b1:jobs"
+    assert keys.batch_channel("b1") == "pneuradnet:batch:b1:events"
+    assert keys.idempotency_key("owner1", "k1") == "pneuradnet:idempotency:owner1:k1"
+    assert keys.worker_key("host:42") == "pneuradnet:worker:host:42"
+    assert keys.QUEUED_REGISTRY == "pneuradnet:registry:queued"
+    assert keys.RUNNING_REGISTRY == "pneuradnet:registry:running"
+    assert keys.METRICS == "pneuradnet:metrics"
