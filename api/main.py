@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
 
 from api.batcher import EnqueueBatcher
+from api.docs import install_docs
 from api.limits import BodySizeLimit
 from api.problems import document_problems, install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
@@ -44,11 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Chest radiograph classification, submit-then-poll. Decision support, not a diagnosis.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     install_problem_handlers(app)
     document_problems(app)
+    install_docs(app)
     for module in (jobs, batches, predict, health, page):
         app.include_router(module.router)
     return app
