@@ -11,6 +11,7 @@ from redis.asyncio import Redis as AsyncRedis
 from api.batcher import EnqueueBatcher
 from api.docs import install_docs
 from api.limits import BodySizeLimit
+from api.notice import NoticeHeader
 from api.problems import document_problems, install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
 from service.jobstore import JobStore
@@ -18,6 +19,7 @@ from service.logs import configure_logging
 from service.metrics import StoreCollector
 from service.queue import make_celery, send_classify_task
 from service.settings import Settings, get_settings
+from service.workers import WorkerRegistry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,8 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl)
+        app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
-        app.state.metrics.register(StoreCollector(app.state.store))
+        app.state.metrics.register(StoreCollector(app.state.store, app.state.workers))
         app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
         # Tasks go to the broker of these settings, which may not be the environment's.
         send = partial(send_classify_task, app=make_celery(settings))
@@ -38,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.batcher.stop()
         await app.state.async_redis.aclose()
+        app.state.workers.close()
         app.state.store.close()
 
     app = FastAPI(
@@ -50,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(NoticeHeader)
     install_problem_handlers(app)
     document_problems(app)
     install_docs(app)

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/ensure-redis.sh
+export PYTHONPATH=.  # api, service and worker run from the repository; only pneuradnet is installed
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 .venv/bin/celery -A worker.app worker --loglevel INFO &
 worker=$!
