@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pneuradnet.images import MAX_ASPECT_RATIO, MIN_SIDE, ShapeLimits
 from pneuradnet.manifest import MODEL_CACHE_DIR
 
 
@@ -29,7 +30,9 @@ class Settings(BaseSettings):
     job_ttl: int = Field(default=24 * 3600, gt=0)
     """Seconds a job's record and result are kept after submission."""
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    """Largest request body accepted by POST /jobs and POST /predict."""
+    """Largest request body accepted by POST /jobs and POST /predict: what the client sends, archives as sent."""
+    max_unzipped_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    """Most bytes the ZIP archives of one request may expand to (radiographs barely compress; bombs do)."""
     max_files_per_request: int = Field(default=1000, gt=0)
     """Most images (files, or members of a ZIP) in one request."""
     predict_timeout: float = Field(default=60.0, gt=0)
@@ -43,6 +46,10 @@ class Settings(BaseSettings):
     """Images per task and per forward pass."""
     batch_wait_ms: float = Field(default=10.0, ge=0)
     """Longest a submission waits in the API for others to share its task (bulk uploads fill one at once)."""
+    min_image_side: int = Field(default=MIN_SIDE, gt=0)
+    """Shortest side of an image that is classified, in pixels; a smaller one fails its job as invalid-image."""
+    max_image_aspect_ratio: float = Field(default=MAX_ASPECT_RATIO, ge=1)
+    """Most elongated image that is classified (longest side over shortest); beyond it the job fails."""
     job_timeout: int = Field(default=60, gt=0)
     """Seconds a task (up to MAX_BATCH images) may run before it is stopped and its jobs fail."""
     max_deliveries: int = Field(default=3, gt=0)
@@ -50,6 +57,8 @@ class Settings(BaseSettings):
 
     max_queue: int = Field(default=10_000, gt=0)
     """Most jobs waiting in the queue; beyond it POST /jobs answers 429 and enqueues nothing."""
+    explain_enabled: bool = True
+    """Off: POST /jobs?explain=true is refused (422) and workers never load TensorFlow for Grad-CAM."""
     api_keys: str = Field(default="", repr=False)
     """Comma-separated keys; when set, every route but health needs `Authorization: Bearer <key>`."""
 
@@ -68,6 +77,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def shape_limits(self) -> ShapeLimits:
+        return ShapeLimits(min_side=self.min_image_side, max_aspect_ratio=self.max_image_aspect_ratio)
 
     @property
     def inference_threads(self) -> int:

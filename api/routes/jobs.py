@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
-from api.schemas import JobPublic, SubmitResponse
+from api.schemas import JobAnswer, JobPublic, SubmitResponse
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
 from service.jobstore import Job, JobStatus, JobStore
@@ -44,7 +44,11 @@ async def submit_jobs(
     explain: Annotated[bool, Query(description="Also make a Grad-CAM heatmap of what the model looked at, for "
                                                "each image (GET /jobs/{id}/heatmap.png); takes longer")] = False,
 ) -> SubmitResponse:
+    if explain and not settings.explain_enabled:  # refused before anything is stored or queued
+        raise ProblemError(422, "explain-disabled", "explanations are turned off on this service "
+                           "(EXPLAIN_ENABLED=0): submit without explain=true")
     uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
+                                 max_unzipped_bytes=settings.max_unzipped_bytes,
                                  max_files=settings.max_files_per_request)
     batch, jobs = await submit_batch(store, batcher, uploads, owner=owner, idempotency=idempotency_key,
                                      max_queue=settings.max_queue, explain=explain)
@@ -52,7 +56,7 @@ async def submit_jobs(
     return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic, responses=problem_responses(401, 404, 422, 503))
+@router.get("/jobs/{job_id}", response_model=JobAnswer, responses=problem_responses(401, 404, 422, 503))
 async def get_job(
     job_id: UUID,
     response: Response,
@@ -60,13 +64,13 @@ async def get_job(
     redis: AsyncRedisDep,
     owner: OwnerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait for the job to finish")] = 0,
-) -> JobPublic:
+) -> JobAnswer:
     job = await owned_job(store, str(job_id), owner)
     if wait and not job.status.finished:
         job = await wait_for_job(store, redis, job.id, timeout=wait) or job
     if not job.status.finished:
         response.headers["Retry-After"] = str(POLL_AFTER)
-    return JobPublic.of(job)
+    return JobAnswer.of(job)
 
 
 @router.get("/jobs/{job_id}/heatmap.png", response_class=PngResponse, response_model=None,
@@ -100,9 +104,9 @@ def _no_heatmap_reason(job: Job) -> str:
     return (job.result or {}).get("explanation_error") or "it has expired"
 
 
-@router.delete("/jobs/{job_id}", response_model=JobPublic,
+@router.delete("/jobs/{job_id}", response_model=JobAnswer,
                responses=problem_responses(401, 404, 409, 422, 503))
-async def cancel_job(job_id: UUID, store: StoreDep, owner: OwnerDep) -> JobPublic:
+async def cancel_job(job_id: UUID, store: StoreDep, owner: OwnerDep) -> JobAnswer:
     """Cancel a job that has not started; a canceled job never runs."""
     job = await owned_job(store, str(job_id), owner)
     if not await run_in_threadpool(store.cancel, job.id):
@@ -110,7 +114,7 @@ async def cancel_job(job_id: UUID, store: StoreDep, owner: OwnerDep) -> JobPubli
         raise ProblemError(409, "not-cancelable", f"job {job.id} is {current.status.value}: only a queued job "
                            "can be canceled")
     job_event(log, "canceled", job.id, batch_id=job.batch_id, status="canceled")
-    return JobPublic.of(await owned_job(store, job.id, owner))
+    return JobAnswer.of(await owned_job(store, job.id, owner))
 
 
 async def owned_job(store: JobStore, job_id: str, owner: str) -> Job:
