@@ -17,6 +17,13 @@ const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
 const FAILED_FILTER = "__failed";
 /** How opaque a heatmap is over its thumbnail at first, in percent (the PNG itself already blends it). */
 const HEATMAP_OPACITY = 100;
+/** Most files the API's multipart parser takes in one request, whatever MAX_FILES_PER_REQUEST says. */
+const MAX_PARTS = 1000;
+/** The API's default MAX_UPLOAD_BYTES, for a page served without its settings (e.g. as /static/index.html). */
+const DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
+/** A generous bound on what multipart adds around each file (boundary, headers, its name), in bytes: the API's
+ * MAX_UPLOAD_BYTES counts the whole request body. */
+const PART_OVERHEAD_BYTES = 1024;
 
 const FINISHED = new Set(["succeeded", "failed", "canceled", "expired"]);
 const STATUS_TEXT = {
@@ -30,8 +37,21 @@ const STATUS_TEXT = {
 };
 const STATUS_RANK = { failed: 0, expired: 0, canceled: 1, uploading: 2, queued: 2, running: 2, succeeded: 3 };
 
+/** What the page must know of the service's settings: index.html carries them (filled in by api/routes/page.py). */
+const service = readServiceSettings();
+
 const percent = new Intl.NumberFormat(undefined, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
 const byName = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+
+function readServiceSettings() {
+  const data = document.body.dataset;
+  const positive = (text, fallback) => (Number(text) > 0 ? Number(text) : fallback);
+  return {
+    explainEnabled: data.explainEnabled !== "false",
+    maxFiles: Math.min(positive(data.maxFilesPerRequest, MAX_PARTS), MAX_PARTS),
+    maxBytes: positive(data.maxUploadBytes, DEFAULT_MAX_UPLOAD_BYTES),
+  };
+}
 
 // --- The API ---------------------------------------------------------------------------------------------------
 
@@ -203,6 +223,9 @@ const state = {
   rows: [],
   batches: [],
   labels: [],
+  refused: [], // { name, reason } of each file the API refused, in the drops sent since none was in flight
+  dropped: 0, // files in those drops
+  sending: 0, // drops whose requests are not all answered yet
   nextKey: 0,
   generation: 0, // bumped by "Clear results": polling loops of an older generation stop
 };
@@ -232,44 +255,100 @@ async function isZip(file) {
   return ZIP_MAGIC.every((byte, i) => head[i] === byte);
 }
 
+// A drop is sent in several requests, one after the other: the loose images together, in as few requests as the
+// service's limits allow, then each ZIP archive in a request of its own. The API refuses a whole request when one
+// archive in it is bad (unreadable, a ZIP bomb, too big), so an archive sent alone sinks nothing but itself. Each
+// request is a batch of its own; a refused one is listed with the API's reason, and its files' tiles go.
+
 async function submit(fileList) {
   const files = [...fileList];
   if (!files.length) return;
-  hideUploadError();
+  if (!state.sending) { // the refusals listed so far were of drops already finished: they have been read
+    state.refused = [];
+    state.dropped = 0;
+  }
+  state.dropped += files.length;
+  state.sending += 1;
+  renderRefusals();
+  const generation = state.generation;
+  try {
+    await send(files, generation);
+  } finally {
+    if (generation === state.generation) state.sending -= 1;
+  }
+}
+
+async function send(files, generation) {
   const zipFlags = await Promise.all(files.map(isZip));
-  // Images are sent first and archives last, so the first jobs answer the images one for one (the API keeps the
-  // order) and everything after them came out of the archives: a thumbnail is never put next to another's result.
-  const images = files.filter((_, i) => !zipFlags[i]);
-  const archives = files.filter((_, i) => zipFlags[i]);
-  const imageRows = images.map((file) => newRow({ name: file.name, thumb: URL.createObjectURL(file) }));
-  const archiveRows = archives.map((file) => newRow({ kind: "zip", name: file.name,
-    message: "Unpacking on the server…" }));
-  state.rows.push(...imageRows, ...archiveRows);
+  if (generation !== state.generation) return;
+  const images = files.filter((_, i) => !zipFlags[i]).map((file) => ({ file,
+    row: newRow({ name: file.name, thumb: URL.createObjectURL(file) }) }));
+  const archives = files.filter((_, i) => zipFlags[i]).map((file) => ({ file,
+    row: newRow({ kind: "zip", name: file.name, message: "Unpacking on the server…" }) }));
+  state.rows.push(...images.map((part) => part.row), ...archives.map((part) => part.row));
   render();
 
+  const explain = service.explainEnabled && document.getElementById("explain").checked;
+  const requests = [...imageRequests(images), ...archives.map((archive) => [archive])];
+  for (const [i, parts] of requests.entries()) {
+    const error = await upload(parts, explain, generation);
+    if (generation !== state.generation) return;
+    if (error?.status === 401) { // the user canceled the key form: the rest would only ask again
+      refuse(requests.slice(i + 1).flat(), error.detail);
+      return;
+    }
+  }
+}
+
+/** The loose images in requests of at most MAX_FILES_PER_REQUEST files and MAX_UPLOAD_BYTES, in drop order. An
+ * image over the byte limit goes alone, and the API says why it is refused. */
+function imageRequests(images) {
+  const requests = [];
+  let request = null;
+  let bytes = 0;
+  for (const image of images) {
+    const size = image.file.size + PART_OVERHEAD_BYTES;
+    if (!request || request.length >= service.maxFiles || bytes + size > service.maxBytes) {
+      request = [];
+      bytes = 0;
+      requests.push(request);
+    }
+    request.push(image);
+    bytes += size;
+  }
+  return requests;
+}
+
+/** Sends one request of `parts` ({ file, row }) and follows its batch; returns the ApiError if it was refused. */
+async function upload(parts, explain, generation) {
   const form = new FormData();
-  for (const file of [...images, ...archives]) form.append("files", file, file.name);
-  const explain = document.getElementById("explain").checked;
-  const generation = state.generation;
+  for (const { file } of parts) form.append("files", file, file.name);
   let answer;
   try {
     answer = await api(explain ? "jobs?explain=true" : "jobs", { method: "POST", body: form });
   } catch (error) {
-    if (generation !== state.generation) return;
-    // Nothing of a refused upload was queued: its tiles go, and the alert says why (the API's own words).
-    removeRows([...imageRows, ...archiveRows]);
-    const what = files.length === 1 ? files[0].name : `${files.length} files`;
-    showUploadError(`The upload of ${what} was refused: ${error.detail}`);
-    render();
-    return;
+    if (generation === state.generation) refuse(parts, error.detail);
+    return error;
   }
-  if (generation !== state.generation) return;
+  if (generation !== state.generation) return null;
+  // A request holds loose images or one archive. Images get one job each, in order (the API keeps it).
+  const imageRows = parts.map((part) => part.row).filter((row) => row.kind === "image");
+  const archiveRows = parts.map((part) => part.row).filter((row) => row.kind === "zip");
   imageRows.forEach((row, i) => setJob(row, answer.jobs[i]));
   replaceArchiveRows(archiveRows, answer.jobs.slice(imageRows.length));
   const batch = { id: answer.batch_id, jobIds: answer.jobs.map((job) => job.id) };
   state.batches.push(batch);
   render();
   pollBatch(batch, generation);
+  return null;
+}
+
+/** Nothing of a refused request was queued: its tiles go, and its files are listed with the API's own words. */
+function refuse(parts, reason) {
+  removeRows(parts.map((part) => part.row));
+  state.refused.push(...parts.map((part) => ({ name: part.file.name, reason })));
+  renderRefusals();
+  render();
 }
 
 /** Puts one row per job in place of the archives' placeholder tiles. */
@@ -639,7 +718,8 @@ function clearResults() {
   elements.clear();
   document.getElementById("results").replaceChildren();
   showConnectionWarning("");
-  hideUploadError();
+  Object.assign(state, { refused: [], dropped: 0, sending: 0 });
+  renderRefusals();
   render();
   document.getElementById("file-input").focus();
 }
@@ -662,14 +742,27 @@ function removeElement(row) {
   elements.delete(row.key);
 }
 
-function showUploadError(text) {
+/** The alert under the drop zone: every refused file of the last drop, each with the reason the API gave. */
+function renderRefusals() {
   const box = document.getElementById("upload-error");
-  box.textContent = text;
-  box.hidden = false;
-}
-
-function hideUploadError() {
-  document.getElementById("upload-error").hidden = true;
+  const count = state.refused.length;
+  box.hidden = count === 0;
+  if (!count) {
+    box.replaceChildren();
+    return;
+  }
+  let summary;
+  if (count < state.dropped) {
+    summary = `${count} of ${state.dropped} files ${count === 1 ? "was" : "were"} refused; the others were sent:`;
+  } else {
+    summary = count === 1 ? "This file was refused:" : `All ${count} files were refused:`;
+  }
+  const list = element("ul", { className: "refused-list", ariaLabel: "Refused files" },
+    ...state.refused.map(({ name, reason }) => element("li", { className: "refused" },
+      element("span", { className: "refused-name" }, ...breakable(name)), `: ${reason}`)));
+  box.replaceChildren(element("p", { className: "refused-summary" }, summary), list);
+  // A long list scrolls in its own box; the keyboard can reach it to scroll it.
+  if (list.scrollHeight > list.clientHeight) list.tabIndex = 0;
 }
 
 function showConnectionWarning(text) {
@@ -723,6 +816,7 @@ function init() {
   });
   keyPrompt.needed = Boolean(storedKey());
   renderForgetKey();
+  if (!service.explainEnabled) document.getElementById("explain").checked = false; // a browser may restore it
   render();
 }
 

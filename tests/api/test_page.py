@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from playwright import sync_api as playwright_sync
+from redis import Redis
 
-from tests.live_service import start_api
+from tests.live_service import TEST_REDIS_URL, start_api, wipe_jobs
 from tests.processes import ROOT, stop
 
 expect = playwright_sync.expect
@@ -68,6 +69,16 @@ def keyed_api_url(tmp_path: Path, worker_process: subprocess.Popen) -> Iterator[
     stop(process)
 
 
+@pytest.fixture
+def explainless_api_url(tmp_path: Path, worker_process: subprocess.Popen) -> Iterator[str]:
+    """An API run with EXPLAIN_ENABLED=0 and an empty job store; the session's worker runs its jobs."""
+    wipe_jobs()
+    process, url = start_api(tmp_path / "api.log", EXPLAIN_ENABLED="0")
+    yield url
+    stop(process)
+    wipe_jobs()
+
+
 @contextmanager
 def open_page(browser, api_url: str) -> Iterator[Page]:
     """A fresh page on the live API; a request to another host, a script error or a CSP violation fails the test."""
@@ -109,6 +120,29 @@ def submit(page: Page, files: list[dict]) -> str:
 
 def shown_job_ids(page: Page) -> list[str]:
     return page.locator("#results > li").evaluate_all("items => items.map(item => item.dataset.jobId)")
+
+
+def zip_payload(name: str, members: dict[str, bytes]) -> dict:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zip_file:
+        for member, data in members.items():
+            zip_file.writestr(member, data)
+    return {"name": name, "mimeType": "application/zip", "buffer": archive.getvalue()}
+
+
+def refusal_of(client: httpx.Client, file: dict) -> str:
+    """The API's own reason for refusing `file` sent alone: what the page must show beside its name."""
+    answer = client.post("/jobs", files=[("files", (file["name"], file["buffer"], file["mimeType"]))])
+    assert answer.status_code in (413, 422), answer.text
+    return answer.json()["detail"]
+
+
+def posts_to_jobs(page: Page) -> list[object]:
+    """Every POST /jobs the page makes from now on."""
+    posts: list[object] = []
+    page.on("request", lambda request: posts.append(request)
+            if request.method == "POST" and "/jobs" in request.url else None)
+    return posts
 
 
 def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: httpx.Client,
@@ -224,8 +258,9 @@ def test_a_zip_shows_a_placeholder_then_one_row_per_image(page: Page, client: ht
 
 
 def test_the_keyboard_opens_the_picker_and_a_refused_upload_shows_the_problem_detail(page: Page):
-    # The live API allows 40 files a request (MAX_FILES_PER_REQUEST in tests/live_service.py).
-    files = [{"name": f"tiny-{i}.png", "mimeType": "image/png", "buffer": b"x"} for i in range(41)]
+    # The live API allows 40 images a request (MAX_FILES_PER_REQUEST in tests/live_service.py): a ZIP of 41 is
+    # refused whole.
+    files = [zip_payload("many.zip", {f"tiny-{i}.png": b"x" for i in range(41)})]
     # Playwright turns on file-chooser interception without waiting for it: subscribe now, well before Enter.
     page.on("filechooser", lambda _: None)
     page.keyboard.press("Tab")  # the header's link to the API documentation
@@ -237,10 +272,55 @@ def test_the_keyboard_opens_the_picker_and_a_refused_upload_shows_the_problem_de
         page.keyboard.press("Enter")
     chooser.value.set_files(files)
 
-    expect(page.get_by_role("alert")).to_have_text(
-        "The upload of 41 files was refused: more than 40 images in one request (MAX_FILES_PER_REQUEST); "
-        "split them into several requests")
+    alert = page.get_by_role("alert")
+    expect(alert.locator(".refused-summary")).to_have_text("This file was refused:")
+    expect(alert.get_by_role("listitem")).to_have_text(
+        ["many.zip: more than 40 images in one request (MAX_FILES_PER_REQUEST); split them into several requests"])
     expect(page.locator("#results > li")).to_have_count(0)
+
+
+def test_one_bad_archive_does_not_sink_the_others_and_every_refused_file_is_listed(
+        page: Page, client: httpx.Client, radiographs: list[Path]):
+    good_zip = zip_payload("study.zip", {f"study/{path.name}": path.read_bytes() for path in radiographs[1:3]})
+    truncated = {**good_zip, "name": "trunc.zip", "buffer": good_zip["buffer"][:len(good_zip["buffer"]) // 2]}
+    bomb = zip_payload("bomb.zip", {"zeros.png": bytes(4 * 1024 * 1024)})  # expands about 1000-fold
+    reasons = {file["name"]: refusal_of(client, file) for file in (truncated, bomb)}
+    assert "trunc.zip is not a readable ZIP archive" in reasons["trunc.zip"]
+    posts = posts_to_jobs(page)
+
+    page.locator("#file-input").set_input_files(
+        [payload(radiographs[0]), truncated, good_zip, payload(radiographs[-1]), bomb])
+
+    alert = page.get_by_role("alert")
+    expect(alert.get_by_role("listitem")).to_have_text(
+        [f"trunc.zip: {reasons['trunc.zip']}", f"bomb.zip: {reasons['bomb.zip']}"], timeout=RESULTS_TIMEOUT_MS)
+    expect(alert.locator(".refused-summary")).to_have_text("2 of 5 files were refused; the others were sent:")
+    expect(page.locator("#progress-text")).to_have_text("All 4 files finished: 4 done.", timeout=RESULTS_TIMEOUT_MS)
+    expect(page.locator("#results > li .filename")).to_have_text(
+        [radiographs[0].name, radiographs[-1].name, *(f"study/{path.name}" for path in radiographs[1:3])])
+    expect(page.locator("#results > li .predicted-class")).to_have_count(4)
+    expect(page.locator('#results > li[data-kind="zip"]')).to_have_count(0)
+    # The loose images in one request, each archive in one of its own: two batches came of it.
+    assert len(posts) == 4
+    expect(page.locator("#csv-links a")).to_have_text(["CSV, batch 1 (2)", "CSV, batch 2 (2)"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "page-refused.png", full_page=True)
+
+    page.get_by_role("button", name="Clear results").click()
+    expect(alert).to_be_hidden()
+
+
+def test_loose_images_beyond_the_file_limit_go_in_as_many_requests_as_needed(page: Page, client: httpx.Client):
+    files = [{"name": f"tiny-{i}.png", "mimeType": "image/png", "buffer": b"x"} for i in range(41)]
+    posts = posts_to_jobs(page)
+
+    page.locator("#file-input").set_input_files(files)
+
+    expect(page.locator("#progress-text")).to_have_text("All 41 files finished: 41 failed.",
+                                                        timeout=RESULTS_TIMEOUT_MS)
+    assert len(posts) == 2, "40 images a request (MAX_FILES_PER_REQUEST), then the last one"
+    expect(page.locator("#results > li .filename")).to_have_text([file["name"] for file in files])
+    expect(page.get_by_role("alert")).to_have_count(0)
 
 
 def test_with_api_keys_the_page_asks_for_the_key_once_and_keeps_it_for_the_tab(browser, keyed_api_url: str,
@@ -311,3 +391,28 @@ def test_with_api_keys_the_page_asks_for_the_key_once_and_keeps_it_for_the_tab(b
         assert TEAM_KEY not in page.url and "wrong-key" not in page.url
         assert requested and not [url for url in requested if TEAM_KEY in url or "wrong-key" in url]
         assert not [text for text in console if TEAM_KEY in text or "wrong-key" in text]
+
+
+def test_with_explain_disabled_the_page_offers_no_heatmap_and_the_api_refuses_explain(
+        browser, explainless_api_url: str, radiographs: list[Path]):
+    redis = Redis.from_url(TEST_REDIS_URL)
+    with httpx.Client(base_url=explainless_api_url, timeout=60) as http:
+        answer = http.post("/jobs?explain=true", files=[("files", (radiographs[0].name,
+                                                                   radiographs[0].read_bytes(), "image/jpeg"))])
+    assert answer.status_code == 422
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:pneuradnet:problem:explain-disabled"
+    assert "EXPLAIN_ENABLED=0" in answer.json()["detail"]
+    assert not list(redis.scan_iter("pneuradnet:job:*")), "a refused request stores no job"
+    assert not list(redis.scan_iter("pneuradnet:batch:*"))
+
+    with open_page(browser, explainless_api_url) as page:
+        expect(page.get_by_label("Explain (heatmap)")).to_be_hidden()
+        expect(page.get_by_text("Also shows where in each image the model looked")).to_be_hidden()
+        with page.expect_response(lambda r: r.request.method == "POST" and "/jobs" in r.url) as upload:
+            page.locator("#file-input").set_input_files([payload(radiographs[0])])
+        assert upload.value.url.endswith("/jobs") and upload.value.status == 202
+        expect(page.locator("#progress-text")).to_have_text("All 1 file finished: 1 done.",
+                                                            timeout=RESULTS_TIMEOUT_MS)
+        expect(page.locator("#results > li .heatmap-controls, #results > li .heatmap-note")).to_have_count(0)
+    redis.close()
