@@ -4,35 +4,114 @@ The prefork pool (not solo) is the choice: the parent stays small and never impo
 killed by a bad input is replaced while its task is redelivered (reject_on_worker_lost), the hard time limit
 can stop a stuck child, and WORKER_CONCURRENCY children scale a worker across cores.
 
+What a process loads (store, classifier, explainer, its name in the worker registry) is held by the task
+itself, Celery's pattern for per-process resources: a task object is created once per process and lives as long
+as it, so `ClassifyTask.resources` is loaded on first use and kept. The parent never uses it; each child uses it
+in worker_process_init, so the model is loaded before the first task arrives rather than during it.
+
 Explanations (jobs submitted with explain) need TensorFlow's gradients whatever the serving runtime: each pool
-process loads its Grad-CAM explainer when its first such job arrives, never before.
+process loads its Grad-CAM explainer when its first such job arrives, never before; with EXPLAIN_ENABLED off it
+has none, and never loads TensorFlow for it.
 """
 
 import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
 
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from pneuradnet.classifier import Classifier
 from pneuradnet.explain import GradCam
 from pneuradnet.manifest import sha256_of
-from service.jobstore import WORKER_TTL, JobStore, now_iso
+from service.jobstore import JobStore, now_iso
+from service.keys import WORKER_TTL
 from service.logs import configure_logging
 from service.problems import problem
 from service.queue import CLASSIFY_TASK
-from service.settings import get_settings
+from service.settings import Settings, get_settings
+from service.workers import WorkerRegistry
 from worker.app import celery_app
 from worker.processing import LazyExplainer, fail_unfinished, process_jobs
 
 log = logging.getLogger(__name__)
 
-_classifier: Classifier | None = None
-_explainer: LazyExplainer | None = None
-_store: JobStore | None = None
-_name = ""
+
+@dataclass(frozen=True)
+class ProcessResources:
+    """What one model process loads once and every task it runs uses."""
+
+    name: str
+    """`host:pid`, this process's key in the worker registry and the `worker` of the jobs it runs."""
+    store: JobStore
+    registry: WorkerRegistry
+    classifier: Classifier
+    explainer: LazyExplainer | None
+    """None when explanations are off: jobs with explain then get no heatmap, and TensorFlow is never loaded for it."""
+    announcement: dict[str, str]
+    """What the registry says this process serves; repeated by the heartbeat."""
+
+
+def load_resources(settings: Settings) -> ProcessResources:
+    """Load the model, warm it up, and announce this process in the worker registry."""
+    store = JobStore(settings.redis_url, ttl=settings.job_ttl)
+    registry = WorkerRegistry(settings.redis_url)
+    classifier = Classifier.load(
+        settings.model_manifest,
+        model_path=settings.model_path,
+        runtime=settings.inference_runtime,
+        threads=settings.inference_threads,
+        max_batch=settings.max_batch,
+        cache_dir=settings.model_cache_dir,
+    )
+    classifier.warm_up()
+    explainer = None
+    if settings.explain_enabled:
+        explainer = LazyExplainer(lambda: GradCam(classifier.model_file, classifier.manifest,
+                                                  threads=settings.inference_threads))
+    manifest = classifier.manifest
+    announcement = {
+        "model_name": manifest.name, "model_version": manifest.version, "labels": ",".join(manifest.labels),
+        "sha256": sha256_of(classifier.model_file), "runtime": classifier.runtime.name,
+        "threads": str(settings.inference_threads), "loaded_at": now_iso(),
+    }
+    resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store, registry=registry,
+                                 classifier=classifier, explainer=explainer, announcement=announcement)
+    registry.announce(resources.name, announcement)
+    log.info("model %s %s loaded from %s (%s, %d threads)", manifest.name, manifest.version,
+             classifier.model_file, classifier.runtime.name, settings.inference_threads)
+    return resources
+
+
+class ClassifyTask(Task):
+    """The classify task, holding its process's resources: loaded on first use, kept for the process's life."""
+
+    _resources: ProcessResources | None = None
+
+    @property
+    def resources(self) -> ProcessResources:
+        # A prefork or solo process runs one task at a time, and worker_process_init runs before any: no lock.
+        if self._resources is None:
+            self._resources = load_resources(get_settings())
+            threading.Thread(target=_heartbeat, args=(self._resources,), name="heartbeat", daemon=True).start()
+        return self._resources
+
+    def retire(self) -> None:
+        """Leave the worker registry at once rather than when the announcement expires (if this process had joined)."""
+        if self._resources is not None:
+            self._resources.registry.retire(self._resources.name)
+
+
+def _heartbeat(resources: ProcessResources) -> None:
+    stopped = threading.Event()
+    while not stopped.wait(WORKER_TTL / 3):
+        try:
+            resources.registry.announce(resources.name, resources.announcement)
+        except Exception:  # Redis away: the announcement lapses, readiness says so, the next beat restores it
+            log.warning("heartbeat failed: Redis does not answer")
 
 
 @setup_logging.connect
@@ -43,58 +122,28 @@ def use_service_logging(**_: object) -> None:
 
 
 @worker_process_init.connect
-def load_model(**_: object) -> None:
-    global _classifier, _explainer, _store, _name
-    settings = get_settings()
-    _name = f"{socket.gethostname()}:{os.getpid()}"
-    _store = JobStore(settings.redis_url, ttl=settings.job_ttl)
-    _classifier = Classifier.load(
-        settings.model_manifest,
-        model_path=settings.model_path,
-        runtime=settings.inference_runtime,
-        threads=settings.inference_threads,
-        max_batch=settings.max_batch,
-        cache_dir=settings.model_cache_dir,
-    )
-    _classifier.warm_up()
-    classifier = _classifier
-    _explainer = LazyExplainer(lambda: GradCam(classifier.model_file, classifier.manifest,
-                                               threads=settings.inference_threads))
-    manifest = _classifier.manifest
-    announcement = {
-        "model_name": manifest.name, "model_version": manifest.version, "labels": ",".join(manifest.labels),
-        "sha256": sha256_of(_classifier.model_file), "runtime": _classifier.runtime.name,
-        "threads": str(settings.inference_threads), "loaded_at": now_iso(),
-    }
-    _store.announce_worker(_name, announcement)
-    threading.Thread(target=_heartbeat, args=(announcement,), name="heartbeat", daemon=True).start()
-    log.info("model %s %s loaded from %s (%s, %d threads)", manifest.name, manifest.version,
-             _classifier.model_file, _classifier.runtime.name, settings.inference_threads)
-
-
-def _heartbeat(announcement: dict[str, str]) -> None:
-    stopped = threading.Event()
-    while not stopped.wait(WORKER_TTL / 3):
-        try:
-            _store.announce_worker(_name, announcement)
-        except Exception:  # Redis away: the announcement lapses, readiness says so, the next beat restores it
-            log.warning("heartbeat failed: Redis does not answer")
+def load_before_first_task(**_: object) -> None:
+    """Right after the fork; a pool without process-init signals (solo, threads) loads on the first task instead."""
+    _ = _classify_task().resources
 
 
 @worker_process_shutdown.connect
 def retire(**_: object) -> None:
-    if _store is not None:
-        _store.retire_worker(_name)
+    _classify_task().retire()
 
 
-@celery_app.task(name=CLASSIFY_TASK)
-def classify(job_ids: list[str]) -> None:
-    if _classifier is None:  # a pool without process-init signals (solo, threads) loads on first use
-        load_model()
+def _classify_task() -> ClassifyTask:
+    return celery_app.tasks[CLASSIFY_TASK]
+
+
+@celery_app.task(name=CLASSIFY_TASK, base=ClassifyTask, bind=True)
+def classify(self: ClassifyTask, job_ids: list[str]) -> None:
+    resources = self.resources
     settings = get_settings()
     try:
-        process_jobs(job_ids, store=_store, classifier=_classifier, job_timeout=settings.job_timeout,
-                     max_deliveries=settings.max_deliveries, worker=_name, explainer=_explainer)
+        process_jobs(job_ids, store=resources.store, classifier=resources.classifier,
+                     job_timeout=settings.job_timeout, max_deliveries=settings.max_deliveries,
+                     worker=resources.name, explainer=resources.explainer)
     except SoftTimeLimitExceeded:
-        fail_unfinished(job_ids, store=_store, error=problem(
+        fail_unfinished(job_ids, store=resources.store, error=problem(
             "job-timeout", "Job timeout", 504, f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
