@@ -66,6 +66,7 @@ def load_resources(settings: Settings) -> ProcessResources:
         threads=settings.inference_threads,
         max_batch=settings.max_batch,
         cache_dir=settings.model_cache_dir,
+        shape_limits=settings.shape_limits,
     )
     classifier.warm_up()
     explainer = None

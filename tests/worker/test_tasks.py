@@ -36,3 +36,20 @@ def test_a_process_with_explanations_off_announces_its_model_and_explains_nothin
         resources.registry.retire(resources.name)
         resources.registry.close()
         resources.store.close()
+
+
+@pytest.mark.model
+def test_a_process_refuses_images_below_its_minimum_side(store: JobStore, radiographs: list[Path]):
+    resources = load_resources(Settings(redis_url=TEST_REDIS_URL, min_image_side=2000))
+    try:
+        _, (job,), _ = store.create_batch([Upload("a.jpeg", radiographs[0].read_bytes())])
+        process_jobs([job.id], store=resources.store, classifier=resources.classifier, job_timeout=60,
+                     max_deliveries=3, worker=resources.name, explainer=resources.explainer)
+
+        failed = store.get_job(job.id)
+        assert failed.status is JobStatus.FAILED
+        assert "too small for a radiograph: the minimum is 2000 pixels on each side" in failed.error["detail"]
+    finally:
+        resources.registry.retire(resources.name)
+        resources.registry.close()
+        resources.store.close()
