@@ -8,6 +8,9 @@ connection failure after a growing pause, at most `max_attempts` times and `max_
 pauses per request; a pause that would not fit in what is left of that budget is not started, so the last
 answer's error is raised at once. A POST whose request may have reached the service (the connection broke
 after it was sent) is retried only when it carries an Idempotency-Key, so a retry never submits twice.
+Until the service has answered once, a connection that cannot be made is not retried: a wrong address or a
+service that is not running is said at once, not after half a minute of pauses; once it has answered, a
+connection that fails (a restart, a dropped link) is retried as above.
 """
 
 import time
@@ -25,7 +28,10 @@ from pneuradnet import __version__
 from pneuradnet.errors import PneuradnetError
 
 DEFAULT_TIMEOUT = 60.0
-"""Seconds one HTTP request may take to connect, send or answer; a long poll is given its wait on top."""
+"""Seconds one HTTP request may take to send or answer; a long poll is given its wait on top."""
+
+CONNECT_TIMEOUT = 10.0
+"""Most seconds to open a connection (or the request's timeout, if shorter): a service that is up accepts at once."""
 
 LONG_POLL = 30.0
 """Seconds asked of `GET /jobs/{id}?wait=`: the longest the API holds a request."""
@@ -111,6 +117,7 @@ class Client:
         self.max_attempts = max_attempts
         self.max_retry_wait = max_retry_wait
         self._sleep = sleep  # how pauses are taken: time.sleep, or a test's recorder
+        self._answered = False  # the service has answered once: from then on, a failed connection is retried
         self._http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
 
     def __enter__(self) -> "Client":
@@ -167,6 +174,10 @@ class Client:
         """Every job once finished, in the order given; WaitTimeoutError if that takes over `timeout` seconds."""
         return list(self.finished(job_ids, timeout=timeout))
 
+    def models(self) -> list[dict[str, Any]]:
+        """The models the live workers serve: name, version, sha256, labels (in output order), runtime, workers."""
+        return self._request("GET", "/models").json()["models"]
+
     def batch(self, batch_id: str, *, page_size: int = PAGE_SIZE) -> list[dict[str, Any]]:
         """Every job of the batch, in upload order, read page by page."""
         jobs: list[dict[str, Any]] = []
@@ -187,18 +198,25 @@ class Client:
         `resendable`: the request may be repeated even if it may have reached the service (GETs, and POSTs
         with an Idempotency-Key); otherwise only a request that surely was not sent (connect failed) is.
         """
-        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
+        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout,
+                                connect=min(self.timeout, CONNECT_TIMEOUT))
         waited = 0.0
         for attempt in range(1, self.max_attempts + 1):
             try:
                 response = self._http.request(method, path, timeout=timeout, **kwargs)
             except httpx.TransportError as error:
+                not_connected = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+                if not_connected and not self._answered:
+                    raise ServiceUnreachableError(
+                        None, f"cannot connect to {self._http.base_url}: {_describe(error)}; "
+                              "is the service running at this address?") from error
                 failure: ServiceError = ServiceUnreachableError(
                     None, f"no answer from {self._http.base_url}{path}: {_describe(error)}")
-                if not (resendable or isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)):
+                if not (resendable or not_connected):
                     raise failure from error
                 pause = FIRST_BACKOFF * 2 ** (attempt - 1)
             else:
+                self._answered = True
                 if response.is_success:
                     return response
                 failure = _service_error(response)

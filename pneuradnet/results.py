@@ -1,6 +1,7 @@
-"""The record of one classified image, and the original service's response shape."""
+"""The record of one classified image, and the one shape it is published in (a job's `result`)."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,16 @@ class Prediction:
     def _best(self) -> int:
         return max(range(len(self.predictions)), key=self.predictions.__getitem__)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The prediction as a succeeded job's `result` carries it (the service's wire format; `predict` prints it
+        with the file name in front). The file name is not part of it: a job names its file itself."""
         return {
-            **asdict(self),
             "labels": list(self.labels),
             "predictions": list(self.predictions),
             "predicted_class": self.predicted_class,
             "confidence": self.confidence,
-        }
-
-    def to_legacy(self) -> dict:
-        """The original synchronous service's body: predictions nested once, as Keras returned them."""
-        return {
-            "filename": self.filename,
-            "predictions": [list(self.predictions)],
-            "predicted_class": self.predicted_class,
-            "confidence": self.confidence,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "runtime": self.runtime,
+            "timings_ms": self.timings_ms,
+            "source": self.source,
         }

@@ -101,11 +101,10 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     observe(store, "batch_size", [len(prepared)])
     outcomes = list(zip(prepared, predictions, strict=True))
     # Jobs without explain first, in one round trip: their results do not wait for the heatmaps of the others.
-    _succeed(store, [(job, result_record(prediction)) for (job, _), prediction in outcomes if not job.explain])
+    _succeed(store, [(job, prediction.to_dict()) for (job, _), prediction in outcomes if not job.explain])
     for (job, image), prediction in outcomes:
         if job.explain:
-            _succeed(store, [(job, result_record(prediction) | _explain(store, job, image, prediction,
-                                                                        explainer))])
+            _succeed(store, [(job, prediction.to_dict() | _explain(store, job, image, prediction, explainer))])
 
 
 def _succeed(store: JobStore, results: list[tuple[Job, dict]]) -> None:
@@ -162,17 +161,3 @@ def _seconds_since(timestamp: str) -> float:
 def _fail(store: JobStore, job: Job, error: dict) -> None:
     store.fail(job.id, error)
     job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
-
-
-def result_record(prediction: Prediction) -> dict:
-    """What a succeeded job carries as its `result`."""
-    return {
-        "labels": list(prediction.labels),
-        "predictions": list(prediction.predictions),
-        "predicted_class": prediction.predicted_class,
-        "confidence": prediction.confidence,
-        "model": {"name": prediction.model_name, "version": prediction.model_version},
-        "runtime": prediction.runtime,
-        "timings_ms": prediction.timings_ms,
-        "source": prediction.source,
-    }

@@ -1,6 +1,5 @@
-import csv
-import io
 import logging
+from functools import lru_cache
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -9,11 +8,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
-from api.deps import AsyncRedisDep, StoreDep
+from api.deps import AsyncRedisDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.routes.jobs import MAX_WAIT, POLL_AFTER
 from api.schemas import BatchPublic, CancelResult, JobPublic
 from api.submission import wait_for_batch
+from pneuradnet.csvfile import ResultTable, csv_text, labels_of
+from pneuradnet.errors import ModelManifestError
+from pneuradnet.manifest import load_manifest
 from service.jobstore import Batch, Job, JobStore
 from service.logs import job_event
 
@@ -33,6 +35,7 @@ async def get_batch(
     store: StoreDep,
     redis: AsyncRedisDep,
     owner: OwnerDep,
+    settings: SettingsDep,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(pattern=r"^\d{1,9}$", description="From the previous page")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="csv: one row per image, every job")] = "json",
@@ -43,7 +46,7 @@ async def get_batch(
         batch = await wait_for_batch(store, redis, batch.id, timeout=wait) or batch
     if format == "csv":
         jobs = await run_in_threadpool(_jobs_of, store, batch.id, 0, -1)
-        return Response(_to_csv(jobs), media_type="text/csv",
+        return Response(_to_csv(jobs, model_labels(settings.model_manifest)), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"'})
     if not batch.done:
         response.headers["Retry-After"] = str(POLL_AFTER)
@@ -80,15 +83,21 @@ def _jobs_of(store: JobStore, batch_id: str, start: int, stop: int) -> list[Job]
     return store.get_jobs(store.batch_job_ids(batch_id, start=start, stop=stop))
 
 
-def _to_csv(jobs: list[Job]) -> str:
-    labels = list(dict.fromkeys(label for job in jobs if job.result for label in job.result["labels"]))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["filename", "status", "predicted_class", "confidence", *labels, "error", "job_id"])
-    for job in jobs:
-        result = job.result or {}
-        probabilities = dict(zip(result.get("labels", []), result.get("predictions", []), strict=True))
-        writer.writerow([job.filename, job.status.value, result.get("predicted_class", ""),
-                         result.get("confidence", ""), *(probabilities.get(label, "") for label in labels),
-                         job.error["detail"] if job.error else "", job.id])
-    return out.getvalue()
+@lru_cache
+def model_labels(manifest: str) -> tuple[str, ...]:
+    """The labels of the model the service is configured for, read once from its manifest (JSON only: the model
+    file is neither located nor read). Empty if it cannot be read: the CSV then has the labels of its results."""
+    try:
+        return tuple(load_manifest(manifest).labels)
+    except ModelManifestError as error:
+        log.warning("the CSV export takes its label columns from the results only: %s", error)
+        return ()
+
+
+def _to_csv(jobs: list[Job], labels: tuple[str, ...]) -> str:
+    """One row per job; a probability column per label of the model, even when no job has a result."""
+    table = ResultTable(labels_of((job.result for job in jobs), labels))
+    return csv_text([table.header(), *(
+        table.row(job.filename, job.result, status=job.status.value, error=job.error["detail"] if job.error else "",
+                  job_id=job.id)
+        for job in jobs)])

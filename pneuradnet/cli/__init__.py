@@ -75,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser(
         "evaluate", parents=[common], help="score the model on a folder of labelled images",
         description="Score the model on DIR, whose subfolders are named after the model's labels "
-                    "(in any case) and hold that label's images.",
+                    "(in any case) and hold that label's images; or, with --labels, on the images of DIR that a "
+                    "labels file names.",
     )
     score.add_argument("folder", type=Path, metavar="DIR")
+    score.add_argument("--labels", type=Path, metavar="CSV",
+                       help="a CSV file with the header `file,label`: each image's path relative to DIR and its "
+                            "true label (in any case); for a flat folder")
     score.add_argument("--json", action="store_true", help="write the scores as JSON")
     score.set_defaults(run=local.run_evaluate)
 

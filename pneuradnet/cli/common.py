@@ -2,8 +2,6 @@
 files, and writing output beside a progress bar."""
 
 import argparse
-import csv
-import io
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,12 +66,6 @@ def write_lines(lines: Sequence[str], *, stream: TextIO | None = None) -> None:
 def progress_bar(total: int, description: str | None = None, *, initial: int = 0) -> tqdm:
     return tqdm(total=total, initial=initial, desc=description, unit="image", file=sys.stderr, dynamic_ncols=True,
                 disable=True if total < 2 else None)  # None: tqdm shows it on a terminal only
-
-
-def csv_line(values: Sequence[object]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(values)
-    return buffer.getvalue()
 
 
 def positive_int(text: str) -> int:

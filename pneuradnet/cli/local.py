@@ -12,18 +12,9 @@ import numpy as np
 from PIL import Image
 
 from pneuradnet.classifier import Classifier
-from pneuradnet.cli.common import (
-    IMAGE_SUFFIXES,
-    Exit,
-    Failure,
-    UsageError,
-    csv_line,
-    find_images,
-    images_under,
-    progress_bar,
-    read_file,
-    write_lines,
-)
+from pneuradnet.cli.common import Exit, Failure, find_images, progress_bar, read_file, write_lines
+from pneuradnet.cli.labelled import labelled_by_file, labelled_by_subfolder
+from pneuradnet.csvfile import ResultTable
 from pneuradnet.evaluation import Evaluation, evaluate
 from pneuradnet.images import decode_image
 from pneuradnet.manifest import ModelManifest, load_manifest, resolve_model_file, sha256_of
@@ -43,13 +34,13 @@ SELF_CHECK_TOLERANCE = 1e-5
 def run_predict(args: argparse.Namespace) -> Exit:
     paths = find_images(args.paths)
     classifier = _load_classifier(args, args.manifest)
-    labels = classifier.manifest.labels
+    table = ResultTable(classifier.manifest.labels, jobs=False)
     if args.csv:
-        write_lines([csv_line(["filename", "predicted_class", "confidence", *labels, "error"])])
+        write_lines([table.header()])
     failed = False
     for chunk in classify_files(classifier, paths):
         failed = failed or any(isinstance(outcome, Failure) for outcome in chunk)
-        write_lines([_csv_record(outcome, labels) if args.csv else _json_record(outcome) for outcome in chunk])
+        write_lines([_csv_record(outcome, table) if args.csv else _json_record(outcome) for outcome in chunk])
     return Exit.SOME_FAILED if failed else Exit.OK
 
 
@@ -81,18 +72,20 @@ def _classify_chunk(classifier: Classifier, paths: Sequence[Path]) -> list[Predi
 def _json_record(outcome: Prediction | Failure) -> str:
     if isinstance(outcome, Failure):
         return json.dumps({"filename": outcome.filename, "error": outcome.error})
-    return json.dumps(outcome.to_dict())
+    return json.dumps({"filename": outcome.filename, **outcome.to_dict()})
 
 
-def _csv_record(outcome: Prediction | Failure, labels: Sequence[str]) -> str:
+def _csv_record(outcome: Prediction | Failure, table: ResultTable) -> str:
     if isinstance(outcome, Failure):
-        return csv_line([outcome.filename, "", "", *[""] * len(labels), outcome.error])
-    return csv_line([outcome.filename, outcome.predicted_class, outcome.confidence, *outcome.predictions, ""])
+        return table.row(outcome.filename, None, error=outcome.error)
+    return table.row(outcome.filename, outcome.to_dict())
 
 
 def run_evaluate(args: argparse.Namespace) -> Exit:
     manifest = load_manifest(args.manifest)
-    labelled = labelled_images(args.folder, manifest)  # before the model loads: a wrong layout fails fast
+    # Before the model loads: a wrong layout or labels file fails fast.
+    labelled = labelled_by_file(args.folder, args.labels, manifest) if args.labels \
+        else labelled_by_subfolder(args.folder, manifest)
     classifier = _load_classifier(args, manifest)
     paths = [path for path, _ in labelled]
     outcomes = (outcome for chunk in classify_files(classifier, paths) for outcome in chunk)
@@ -118,25 +111,6 @@ def run_evaluate(args: argparse.Namespace) -> Exit:
     else:
         write_lines([format_evaluation(scores, failed=len(failures))])
     return Exit.SOME_FAILED if failures else Exit.OK
-
-
-def labelled_images(folder: Path, manifest: ModelManifest) -> list[tuple[Path, str]]:
-    """(image, true label) pairs from `folder`'s subfolders, each named after a label in any case."""
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder")
-    by_name = {label.casefold(): label for label in manifest.labels}
-    expected = ", ".join(manifest.labels)
-    subfolders = sorted(entry for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    unknown = [entry.name for entry in subfolders if entry.name.casefold() not in by_name]
-    if unknown:
-        raise UsageError(
-            f"{folder} has subfolders not named after a label of model {manifest.name!r}: {', '.join(unknown)}; "
-            f"name each subfolder after one of its labels (in any case): {expected}"
-        )
-    labelled = [(path, by_name[entry.name.casefold()]) for entry in subfolders for path in images_under(entry)]
-    if not labelled:
-        raise UsageError(f"no {'/'.join(IMAGE_SUFFIXES)} files in subfolders of {folder} named after labels {expected}")
-    return labelled
 
 
 def format_evaluation(scores: Evaluation, *, failed: int = 0) -> str:

@@ -12,17 +12,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pneuradnet.cli.common import (
-    Exit,
-    Failure,
-    UsageError,
-    csv_line,
-    find_images,
-    progress_bar,
-    read_file,
-    write_lines,
-)
+from pneuradnet.cli.common import Exit, Failure, UsageError, find_images, read_file, write_lines
+from pneuradnet.cli.progress import PLAIN_INTERVAL, Progress
 from pneuradnet.client import FINISHED, Client, ServiceError
+from pneuradnet.csvfile import ResultTable, csv_text, labels_of
 
 API_KEY_ENV = "PNEURADNET_API_KEY"
 """Environment variable `submit` takes the API key from when --key is not given."""
@@ -58,16 +51,17 @@ def run_submit(args: argparse.Namespace) -> Exit:
     accepted = _load_state(state_path)
     rows: list[Row] = []
     with Client(args.api, key=args.key or os.environ.get(API_KEY_ENV) or None) as client:
-        with progress_bar(len(paths), "uploading") as progress:
+        with Progress("uploaded", len(paths)) as progress:
             for chunk in read_chunks(paths, max_files=args.chunk_size, max_bytes=args.chunk_bytes):
                 rows += _send(client, chunk, accepted, state_path, api=args.api)
-                progress.update(len(chunk))
+                progress.advance(len(chunk), failed=sum(isinstance(data, Failure) for _, data in chunk))
         if not (args.wait or args.out):
             return _print_batches(rows)
         rows = _finish(client, rows)
-    lines = _csv_rows(rows) if out_format == "csv" else [json.dumps(_json_row(row)) for row in rows]
+        lines = _csv_rows(rows, _served_labels(client, rows)) if out_format == "csv" \
+            else [json.dumps(_json_row(row)) for row in rows]
     if args.out:
-        _replace(args.out, "".join(f"{line}\n" for line in lines))
+        _replace(args.out, csv_text(lines))
     else:
         write_lines(lines)
     return Exit.OK if all(_status(outcome) == "succeeded" for _, outcome in rows) else Exit.SOME_FAILED
@@ -155,10 +149,12 @@ def _finish(client: Client, rows: list[Row]) -> list[Row]:
     """The rows with every job finished, long-polling those that are not yet."""
     jobs = {job["id"]: job for _, job in rows if isinstance(job, dict)}
     pending = [job_id for job_id, job in jobs.items() if job["status"] not in FINISHED]
-    with progress_bar(len(jobs), "classifying", initial=len(jobs) - len(pending)) as progress:
+    failed = sum(job["status"] != "succeeded" for job in jobs.values() if job["status"] in FINISHED)
+    with Progress("finished", len(jobs), initial=len(jobs) - len(pending), failed=failed,
+                  every=PLAIN_INTERVAL) as progress:
         for job in client.finished(pending):
             jobs[job["id"]] = job
-            progress.update(1)
+            progress.advance(1, failed=job["status"] != "succeeded")
     return [(name, jobs[outcome["id"]] if isinstance(outcome, dict) else outcome) for name, outcome in rows]
 
 
@@ -170,23 +166,30 @@ def _print_batches(rows: list[Row]) -> Exit:
     return Exit.SOME_FAILED if failures else Exit.OK
 
 
-def _csv_rows(rows: list[Row]) -> list[str]:
-    """Columns as the service's own CSV export: filename (here the local path), status, predicted_class,
-    confidence, a probability per label, error, job_id."""
-    results = [outcome["result"] for _, outcome in rows if isinstance(outcome, dict) and outcome["result"]]
-    labels = list(dict.fromkeys(label for result in results for label in result["labels"]))
-    lines = [csv_line(["filename", "status", "predicted_class", "confidence", *labels, "error", "job_id"])]
+def _csv_rows(rows: list[Row], model_labels: list[str]) -> list[str]:
+    """The service's own CSV export, with the local path as filename (pneuradnet.csvfile)."""
+    table = ResultTable(labels_of((outcome["result"] for _, outcome in rows if isinstance(outcome, dict)),
+                                  model_labels))
+    lines = [table.header()]
     for name, outcome in rows:
         if isinstance(outcome, Failure):
-            lines.append(csv_line([name, "failed", "", "", *[""] * len(labels), outcome.error, ""]))
-            continue
-        result = outcome["result"] or {}
-        probabilities = dict(zip(result.get("labels", []), result.get("predictions", []), strict=True))
-        error = (outcome["error"] or {}).get("detail", "")
-        lines.append(csv_line([name, outcome["status"], result.get("predicted_class", ""),
-                                result.get("confidence", ""), *(probabilities.get(label, "") for label in labels),
-                                error, outcome["id"]]))
+            lines.append(table.row(name, None, status="failed", error=outcome.error))
+        else:
+            lines.append(table.row(name, outcome["result"], status=outcome["status"],
+                                   error=(outcome["error"] or {}).get("detail", ""), job_id=outcome["id"]))
     return lines
+
+
+def _served_labels(client: Client, rows: list[Row]) -> list[str]:
+    """The model's labels for the CSV's columns: a result has them; when no image succeeded, the service says
+    which models its workers serve. Empty (the columns then come from the results) if it cannot say."""
+    if any(isinstance(outcome, dict) and outcome["result"] for _, outcome in rows):
+        return []  # the results name them, in the model's order
+    try:
+        models = client.models()
+    except ServiceError:
+        return []
+    return list(dict.fromkeys(label for model in models for label in model["labels"]))
 
 
 def _json_row(row: Row) -> dict:

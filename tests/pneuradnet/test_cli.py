@@ -80,6 +80,23 @@ def test_predict_csv_has_a_column_per_label_and_an_error_column(image_folder, tm
     assert result.returncode == 1
 
 
+@pytest.mark.model
+def test_predict_csv_writes_file_names_that_look_like_formulas_as_text(tmp_path, radiograph):
+    hyperlink, total = '=HYPERLINK("http://example.invalid","x").jpeg', "+SUM(1+1).jpeg"
+    (tmp_path / hyperlink).parent.mkdir(parents=True)  # its slashes make folders: `=HYPERLINK("http:` and all
+    (tmp_path / hyperlink).symlink_to(radiograph(PNEUMONIA))
+    (tmp_path / total).write_text("not a radiograph")
+
+    result = run_cli("predict", "--csv", hyperlink, total, cwd=tmp_path)  # relative paths start the cells
+
+    good, bad = csv.DictReader(io.StringIO(result.stdout))
+    assert (good["filename"], bad["filename"]) == ("'" + str(Path(hyperlink)), "'" + total)
+    assert good["filename"].startswith("'=HYPERLINK(")
+    assert good["predicted_class"] == "PNEUMONIA"
+    assert float(good["NORMAL"]) + float(good["PNEUMONIA"]) == pytest.approx(1.0)  # numbers stay numbers
+    assert bad["error"] == "not an image: send PNG, JPEG or DICOM"
+
+
 def test_predict_with_no_images_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
 
@@ -169,6 +186,59 @@ def test_evaluate_names_the_labels_when_a_subfolder_is_not_one(labelled_folder, 
     [line] = result.stderr.splitlines()
     assert "covid" in line
     assert "NORMAL, PNEUMONIA" in line
+
+
+def labels_file(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="") as stream:
+        csv.writer(stream).writerows([("file", "label"), *rows])
+    return path
+
+
+@pytest.mark.model
+def test_evaluate_scores_the_shipped_flat_validation_folder_with_a_labels_file(radiographs, tmp_path):
+    folder = radiographs[0].parent  # as the model package ships it: flat, the label in each file's name
+    labels = labels_file(tmp_path / "labels.csv", [
+        (path.name, "NORMAL" if path.name.startswith("NORMAL") else "pneumonia") for path in radiographs])
+
+    result = run_cli("evaluate", folder, "--labels", labels, "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert (scores["correct"], scores["total"]) == (13, 16)  # as the README says
+    assert [c["support"] for c in scores["classes"]] == [8, 8]
+    assert sum(map(sum, scores["confusion"])) == 16
+
+
+def test_a_labels_file_naming_a_missing_image_or_an_unknown_label_is_refused_line_by_line(radiographs, tmp_path):
+    folder = radiographs[0].parent
+    labels = labels_file(tmp_path / "labels.csv", [(radiographs[0].name, "NORMAL"), ("gone.jpeg", "NORMAL"),
+                                                   (radiographs[-1].name, "COVID")])
+
+    result = run_cli("evaluate", folder, "--labels", labels, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"pneuradnet: error: labels file {labels}: line 3: no file 'gone.jpeg' in {folder}; "
+        "line 4: 'COVID' is not a label of model 'xception-pneumonia' (NORMAL, PNEUMONIA)"]
+
+
+def test_a_labels_file_without_its_header_is_refused(radiographs, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{radiographs[0].name},NORMAL\n")
+
+    result = run_cli("evaluate", radiographs[0].parent, "--labels", labels, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"pneuradnet: error: labels file {labels} must start with the header file,label, "
+                                     f"not {radiographs[0].name},NORMAL")
+
+
+def test_evaluate_on_a_flat_folder_without_a_labels_file_says_to_give_one(radiographs, tmp_path):
+    result = run_cli("evaluate", radiographs[0].parent, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "give a labels file with --labels" in result.stderr
 
 
 def test_evaluation_table_is_readable():

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from api.submission import BUSY_RETRY_AFTER
-from pneuradnet.client import Client, ServiceError, ServiceUnreachableError
+from pneuradnet.client import Client, ServiceError
 from service.jobstore import JobStore, Upload
 from tests.live_service import start_api
 from tests.processes import ROOT, free_port, stop, wait_until
@@ -93,6 +93,35 @@ def test_submit_writes_one_row_per_image_as_the_api_answers(client: httpx.Client
     assert {row["predicted_class"] for row in rows} == {"NORMAL", "PNEUMONIA", ""}
     assert jobs_submitted(store) == len(rows) == 5  # notes.txt is not an image name: never sent
     assert len(json.loads((tmp_path / "results.csv.state.json").read_text())["batches"]) == 1
+    # stderr is not a terminal here: progress comes as plain lines, the last one with the final count.
+    assert result.stderr.splitlines()[0] == "uploaded 5 of 5 images"
+    assert result.stderr.splitlines()[-1] == "finished 5 of 5 images (1 failed)"
+
+
+def test_submit_csv_has_the_models_label_columns_when_every_image_failed_and_no_formula_cell(
+        client: httpx.Client, tmp_path: Path, api_url: str):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    hostile = ['=HYPERLINK("http://example.invalid","x").jpeg', "+SUM(1+1).jpeg"]
+    for name in hostile:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)  # the slashes of the URL make folders
+        (folder / name).write_text("a report saved with an image's name")
+    out = tmp_path / "results.csv"
+
+    # Run from the folder with bare names, so the file names start the filename cells.
+    result = subprocess.run(submit_command(*hostile, "--api", api_url, "--out", out), capture_output=True,
+                            text=True, cwd=folder, timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    with out.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    # No result names the labels: the service's /models does.
+    assert reader.fieldnames == ["filename", "status", "predicted_class", "confidence", "NORMAL", "PNEUMONIA",
+                                 "error", "job_id"]
+    assert [row["filename"] for row in rows] == ["'" + str(Path(name)) for name in hostile]
+    assert rows[0]["filename"].startswith("'=HYPERLINK(")
+    assert [row["status"] for row in rows] == ["failed", "failed"]
 
 
 def test_an_interrupted_submit_resumes_without_uploading_twice(client: httpx.Client, store: JobStore, tmp_path: Path,
@@ -172,7 +201,8 @@ def test_submit_then_wait_gives_the_finished_jobs_in_order(client: httpx.Client,
     assert [job["status"] for job in jobs] == ["succeeded", "succeeded", "failed"]
     assert [job["result"]["predicted_class"] for job in jobs[:2]] == ["NORMAL", "PNEUMONIA"]
     assert jobs[2]["error"]["detail"] == NOT_AN_IMAGE
-    assert pages == jobs  # two pages of the batch, read as one list
+    # Two pages of the batch, read as one list; a job answered alone also carries the notice, a batch once for all.
+    assert pages == [{field: value for field, value in job.items() if field != "notice"} for job in jobs]
 
 
 def test_an_unknown_job_raises_the_services_problem(api_url: str):
@@ -238,14 +268,3 @@ def test_a_store_outage_is_retried_after_its_retry_after_in_real_time(tmp_path: 
     error = raised.value
     assert (error.status, error.kind) == (503, "store-unavailable")
     assert error.retry_after is not None and error.retry_after <= elapsed < error.retry_after + 10
-
-
-def test_a_service_that_is_not_there_is_retried_then_unreachable():
-    pauses: list[float] = []
-
-    nowhere = Client(f"http://127.0.0.1:{free_port()}", max_attempts=3, sleep=pauses.append)
-    with nowhere, pytest.raises(ServiceUnreachableError) as raised:
-        nowhere.get(UNKNOWN_JOB)
-
-    assert raised.value.status is None
-    assert pauses == [1.0, 2.0]

@@ -362,8 +362,6 @@ def test_each_variant_is_classified_as_its_source_jpeg(classified, stem, variant
 @pytest.mark.model
 @pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
 def test_no_identifying_header_value_reaches_a_result_an_error_or_a_log(default_classifier, dicoms, caplog):
-    from worker.processing import result_record
-
     caplog.set_level(logging.DEBUG)
     # A name where a view position belongs: pydicom's warning about such a value would quote it.
     files = {**dicoms[NORMAL], "view": dicom_file(np.zeros((8, 8), np.uint8), ViewPosition="Doe^Jane was here")}
@@ -372,7 +370,7 @@ def test_no_identifying_header_value_reaches_a_result_an_error_or_a_log(default_
 
     outcomes = default_classifier.classify([*files.items(), *broken])
 
-    records = [result_record(o) for o in outcomes if not isinstance(o, InvalidImageError)]
+    records = [o.to_dict() for o in outcomes if not isinstance(o, InvalidImageError)]
     errors = [str(o) for o in outcomes if isinstance(o, InvalidImageError)]
     assert len(records) == len(files) and len(errors) == len(broken)
     assert all(set(record["source"]) <= ALLOWED_SOURCE_KEYS for record in records)
