@@ -364,7 +364,7 @@ def test_each_variant_is_classified_as_its_source_jpeg(classified, stem, variant
 def test_no_identifying_header_value_reaches_a_result_an_error_or_a_log(default_classifier, dicoms, caplog):
     caplog.set_level(logging.DEBUG)
     # A name where a view position belongs: pydicom's warning about such a value would quote it.
-    files = {**dicoms[NORMAL], "view": dicom_file(np.zeros((8, 8), np.uint8), ViewPosition="Doe^Jane was here")}
+    files = {**dicoms[NORMAL], "view": dicom_file(np.zeros((64, 64), np.uint8), ViewPosition="Doe^Jane was here")}
     broken = [("truncated.dcm", files["MONOCHROME2 8-bit"][:700]),
               ("truncated-pixels.dcm", files["RLE Lossless"][:-1000])]
 
