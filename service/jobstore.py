@@ -9,15 +9,16 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
 
 from service.keys import (
     METRICS,
@@ -183,7 +184,7 @@ class JobStore:
             while True:
                 try:
                     if idempotency is not None:
-                        pipe.watch(idempotency_key(owner, idempotency))
+                        pipe.watch(idempotency_key(owner, idempotency))  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.watch unannotated
                         earlier = pipe.get(idempotency_key(owner, idempotency))
                         if earlier is not None:
                             pipe.reset()
@@ -229,7 +230,7 @@ class JobStore:
         return batch, self.get_jobs(self.batch_job_ids(batch.id))
 
     def get_job(self, job_id: str) -> Job | None:
-        fields = self._redis.hgetall(job_key(job_id))
+        fields = _text_hash(self._redis.hgetall(job_key(job_id)))
         return Job.from_hash(fields) if fields else None
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
@@ -240,7 +241,7 @@ class JobStore:
         return [Job.from_hash(fields) for fields in pipe.execute() if fields]
 
     def get_batch(self, batch_id: str) -> Batch | None:
-        fields = self._redis.hgetall(batch_key(batch_id))
+        fields = _text_hash(self._redis.hgetall(batch_key(batch_id)))
         if not fields:
             return None
         return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
@@ -248,11 +249,11 @@ class JobStore:
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
-        return self._redis.lrange(batch_jobs_key(batch_id), start, stop)
+        return cast(list[str], self._redis.lrange(batch_jobs_key(batch_id), start, stop))  # a decoding client
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """The uploaded bytes of each job, in order, in one round trip; None where they are gone."""
-        return self._raw.mget([image_key(job_id) for job_id in job_ids]) if job_ids else []
+        return cast(list[bytes | None], self._raw.mget([image_key(job_id) for job_id in job_ids])) if job_ids else []
 
     def save_heatmap(self, job_id: str, png: bytes) -> bool:
         """Keep a job's heatmap until its record expires; False if the record is already gone.
@@ -266,7 +267,7 @@ class JobStore:
         return True
 
     def heatmap(self, job_id: str) -> bytes | None:
-        return self._raw.get(heatmap_key(job_id))
+        return cast(bytes | None, self._raw.get(heatmap_key(job_id)))  # the raw client: bytes
 
     def start(self, job_id: str, *, deadline: float, worker: str = "") -> Job | None:
         """Mark a queued (or redelivered running) job as running; None if it is gone or no longer runnable."""
@@ -321,7 +322,7 @@ class JobStore:
         """Raise redis' ConnectionError or TimeoutError unless Redis answers."""
         self._redis.ping()
 
-    def add_to_metrics(self, increments: dict[str, float]) -> None:
+    def add_to_metrics(self, increments: Mapping[str, float]) -> None:
         """Add to cluster-wide counters of the metrics hash, in one round trip (service/metrics.py names them)."""
         pipe = self._redis.pipeline(transaction=False)
         for field, amount in increments.items():
@@ -330,11 +331,11 @@ class JobStore:
 
     def metrics(self) -> dict[str, float]:
         """Every counter of the metrics hash, job counts by status included (the transition script keeps those)."""
-        return {field: float(value) for field, value in self._redis.hgetall(METRICS).items()}
+        return {field: float(value) for field, value in _text_hash(self._redis.hgetall(METRICS)).items()}
 
     def _move(self, job_id: str, target: JobStatus, **fields: str) -> bool:
         pipe = self._redis.pipeline(transaction=False)
-        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, **fields)
+        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, score=0.0, **fields)
         ((moved, _),) = pipe.execute()
         return bool(moved)
 
@@ -370,9 +371,16 @@ def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:
     return digest.hexdigest()
 
 
-def _job_fields(job: Job) -> dict[str, str]:
+def _job_fields(job: Job) -> dict[FieldT, EncodableT]:
+    """The job's hash, as hset takes it (from_hash reads it back as str: every field is written as a string)."""
     return {"id": job.id, "batch_id": job.batch_id, "status": job.status.value, "filename": job.filename,
             "created_at": job.created_at, "deliveries": "0", "owner": job.owner, "explain": "1" if job.explain else "0"}
+
+
+def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash read on the decoding client (decode_responses=True), which answers str: redis-py types every reply
+    `bytes | str`, whichever the client."""
+    return cast(dict[str, str], fields)
 
 
 def now_iso() -> str:

@@ -4,7 +4,7 @@ Workers add observations to the `pneuradnet:metrics` hash; job counters are coun
 transition script itself. The API turns the hash into Prometheus families at scrape time.
 """
 
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -26,7 +26,7 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
 def observe(store: JobStore, name: str, values: list[float]) -> None:
     """Add observations to a histogram in one round trip."""
     _, buckets = HISTOGRAMS[name]
-    increments: Counter[str] = Counter()
+    increments: defaultdict[str, float] = defaultdict(float)
     for value in values:
         increments[f"{name}:count"] += 1
         increments[f"{name}:sum"] += value
