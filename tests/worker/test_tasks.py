@@ -15,12 +15,11 @@ from worker.tasks import load_resources
 @pytest.mark.model
 def test_a_process_with_explanations_off_announces_its_model_and_explains_nothing(store: JobStore,
                                                                                  radiographs: list[Path]):
-    resources = load_resources(Settings(redis_url=TEST_REDIS_URL, inference_runtime="tensorflow",
-                                        explain_enabled=False))
+    resources = load_resources(Settings(redis_url=TEST_REDIS_URL, explain_enabled=False))
     try:
         [announced] = [each for each in resources.registry.live() if each["name"] == resources.name]
         assert announced["model_name"] == resources.classifier.manifest.name
-        assert announced["runtime"] == "tensorflow"
+        assert announced["runtime"] == "onnxruntime"
         assert resources.explainer is None
 
         _, (job,), _ = store.create_batch([Upload("a.jpeg", radiographs[0].read_bytes())], explain=True)
