@@ -1,5 +1,6 @@
 """HTTP errors as RFC 9457 problem+json: one exception type for the routes, handlers for the rest."""
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -29,7 +30,7 @@ class ProblemError(Exception):
         self.headers = headers or {}
 
 
-def problem_response(status: int, kind: str, detail: str, headers: dict[str, str] | None = None,
+def problem_response(status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None,
                      **extensions: object) -> JSONResponse:
     # `error` repeats `detail` for the original service's clients, which read `{"error": "<reason>"}`.
     body = problem(kind, HTTPStatus(status).phrase, status, detail, error=detail, **extensions)
@@ -57,7 +58,7 @@ def document_problems(app: FastAPI) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the schema
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -26,7 +26,7 @@ class PreparedImage:
     filename: str
     pixels: np.ndarray
     decode_ms: float
-    source: dict | None = None
+    source: dict[str, str | int | None] | None = None
     """Non-identifying facts about the file decode_image found (DICOM's); None for PNG and JPEG."""
     decoded: Image.Image | None = None
     """The decoded image itself, when the caller asked to keep it (to draw over it)."""
@@ -136,10 +136,11 @@ class Classifier:
 
     def classify(self, items: Iterable[tuple[str, bytes]]) -> list[Prediction | InvalidImageError]:
         """Classify (filename, bytes) pairs in order; a bad image gives its error in its place."""
-        outcomes = self.prepare_each(list(items))
-        for outcome in outcomes:
-            if isinstance(outcome, Exception) and not isinstance(outcome, InvalidImageError):
+        outcomes: list[PreparedImage | InvalidImageError] = []
+        for outcome in self.prepare_each(list(items)):
+            if not isinstance(outcome, PreparedImage | InvalidImageError):
                 raise outcome  # not the image's fault: the caller should hear of it as before
+            outcomes.append(outcome)
         predictions = iter(self.predict([o for o in outcomes if isinstance(o, PreparedImage)]))
         return [next(predictions) if isinstance(o, PreparedImage) else o for o in outcomes]
 
@@ -176,7 +177,8 @@ def _check_fits(manifest: ModelManifest, runtime: Runtime) -> None:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
+    probabilities: np.ndarray = exponentials / exponentials.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def _ms_since(started: float) -> float:

@@ -21,12 +21,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from pneuradnet.errors import ConversionError, ModelFileError
 from pneuradnet.keras_model import load_keras_model
 from pneuradnet.manifest import sha256_of
 from pneuradnet.runtimes.onnx import OnnxRuntime
+
+if TYPE_CHECKING:
+    import keras
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +208,8 @@ def _convert_into(onnx_file: Path, model_file: Path, *, source_sha256: str, conv
                 onnx_file.name, max_abs_diff, len(inputs), input_kind)
 
 
-def _import_converter():
+def _import_converter() -> tuple[ModuleType, ModuleType]:
+    """tensorflow and tf2onnx, imported."""
     try:
         import keras  # noqa: F401  (load_keras_model imports it: its absence is reported here, with the others)
         import tensorflow as tf
@@ -221,9 +226,10 @@ def _check_inputs_for(shape: tuple[int | None, ...],
                       check_inputs: np.ndarray | Sequence[np.ndarray] | None,
                       ) -> tuple[np.ndarray, Literal["caller", "synthetic"]]:
     if check_inputs is None:
-        if None in shape:
+        sizes = [size for size in shape if size is not None]
+        if len(sizes) < len(shape):
             raise ConversionError(f"the model takes inputs of any size {shape}: pass check_inputs to verify it on")
-        noise = np.random.default_rng(SYNTHETIC_SEED).uniform(-1.0, 1.0, (SYNTHETIC_CHECK_INPUTS, *shape))
+        noise = np.random.default_rng(SYNTHETIC_SEED).uniform(-1.0, 1.0, (SYNTHETIC_CHECK_INPUTS, *sizes))
         return noise.astype(np.float32), "synthetic"
     inputs = np.asarray(check_inputs, dtype=np.float32)
     if inputs.ndim != 1 + len(shape) or len(inputs) == 0 or any(
@@ -234,12 +240,12 @@ def _check_inputs_for(shape: tuple[int | None, ...],
     return inputs, "caller"
 
 
-def _keras_outputs(model, inputs: np.ndarray) -> np.ndarray:
+def _keras_outputs(model: "keras.Model", inputs: np.ndarray) -> np.ndarray:
     """The reference outputs: what TensorFlow computes for `inputs`."""
     return _in_batches(lambda batch: np.asarray(model.predict_on_batch(batch)), inputs)
 
 
-def _in_batches(run, inputs: np.ndarray) -> np.ndarray:
+def _in_batches(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([run(inputs[start:start + CHECK_BATCH]) for start in range(0, len(inputs), CHECK_BATCH)])
 
 

@@ -205,7 +205,8 @@ def _colour(frame: np.ndarray, dataset: Dataset) -> np.ndarray:
     if frame.dtype == np.uint8:
         return frame
     top = 2 ** _header_int(dataset, "BitsStored") - 1
-    return np.rint(np.clip(frame, 0, top) * (255.0 / top)).astype(np.uint8)
+    levels: np.ndarray = np.rint(np.clip(frame, 0, top) * (255.0 / top)).astype(np.uint8)
+    return levels
 
 
 def _plain(value: object) -> str | int | None:

@@ -12,6 +12,7 @@ averaged over each map, weighs the maps; their weighted sum, with negative value
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,13 @@ from PIL import Image
 from pneuradnet.errors import ModelFileError, ModelManifestError
 from pneuradnet.keras_model import load_keras_model
 from pneuradnet.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    import keras
+
+Forward = Callable[[Any], tuple[Any, Any]]
+"""A batch (array or tensor) to (the explained layer's feature maps, the model's output), as TensorFlow tensors:
+Any, for TensorFlow and Keras ship no types."""
 
 LAYER_SEPARATOR = "/"
 """Separates the names of a layer path: `xception/block14_sepconv2_act` is a layer of the nested model `xception`."""
@@ -91,7 +99,6 @@ class GradCam:
         forward = _forward(model, self.layer_path, manifest.name)
         self._check_chain(model, forward)
 
-        @tf.function(reduce_retracing=True)
         def class_activation_map(batch: tf.Tensor, class_index: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 tape.watch(batch)  # records the whole pass, even through layers whose weights are frozen
@@ -102,7 +109,9 @@ class GradCam:
             return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
 
         self._tf = tf
-        self._cam = class_activation_map
+        # Traced into a graph once per input signature. tf.function as a call rather than a decorator: TensorFlow
+        # ships no types, and the attribute's annotation says what the traced function takes and gives.
+        self._cam: Callable[[Any, Any], Any] = tf.function(class_activation_map, reduce_retracing=True)
 
     def heatmap(self, pixels: np.ndarray, class_index: int) -> np.ndarray:
         """The heatmap of one preprocessed image (height, width, channels) for the class at `class_index`.
@@ -117,13 +126,14 @@ class GradCam:
         if not 0 <= class_index < len(self.manifest.labels):
             raise ValueError(f"class_index must be in [0, {len(self.manifest.labels)}), got {class_index}")
         batch = self._tf.constant(np.asarray(pixels, dtype=np.float32)[np.newaxis])
-        cam = self._cam(batch, self._tf.constant(class_index, dtype=self._tf.int32)).numpy().astype(np.float32)
+        cam: np.ndarray = self._cam(batch, self._tf.constant(class_index, dtype=self._tf.int32)).numpy().astype(
+            np.float32)
         peak = float(cam.max())
         if not np.isfinite(peak) or peak <= 0.0:
             return np.zeros_like(cam)
         return np.clip(cam / peak, 0.0, 1.0)
 
-    def _check_chain(self, model, forward: Callable) -> None:
+    def _check_chain(self, model: "keras.Model", forward: Forward) -> None:
         """Grad-CAM runs the model as a chain of its layers around a nested model: refuse a model where that chain
         does not give the model's own output (a branch that bypasses the nested model, say)."""
         spec = self.manifest.input
@@ -171,7 +181,7 @@ def overlay_png(image: Image.Image, heatmap: np.ndarray, *, opacity: float = HEA
 # --- finding the layer and running the model up to it ----------------------------------------------------------
 
 
-def _resolve(model, layer_path: str, manifest_name: str) -> tuple[str, ...]:
+def _resolve(model: "keras.Model", layer_path: str, manifest_name: str) -> tuple[str, ...]:
     """The path of names from the model to the layer; a bare name not in the outer model is looked for in the
     nested models, and used if exactly one has it."""
     parts = tuple(layer_path.split(LAYER_SEPARATOR))
@@ -199,7 +209,7 @@ def _resolve(model, layer_path: str, manifest_name: str) -> tuple[str, ...]:
     return _checked(model, parts, manifest_name)
 
 
-def _checked(model, path: tuple[str, ...], manifest_name: str) -> tuple[str, ...]:
+def _checked(model: "keras.Model", path: tuple[str, ...], manifest_name: str) -> tuple[str, ...]:
     import keras
 
     layer = _layer_at(model, path)
@@ -212,7 +222,7 @@ def _checked(model, path: tuple[str, ...], manifest_name: str) -> tuple[str, ...
     return path
 
 
-def _forward(model, path: tuple[str, ...], manifest_name: str) -> Callable:
+def _forward(model: "keras.Model", path: tuple[str, ...], manifest_name: str) -> Forward:
     """A function of a batch giving (the layer's output, the model's output), both differentiable."""
     import keras
 
@@ -229,7 +239,7 @@ def _forward(model, path: tuple[str, ...], manifest_name: str) -> Callable:
         inner = _forward(layer, tuple(rest), manifest_name)
     else:  # the nested model as a whole: its output is the feature maps
 
-        def inner(batch):
+        def inner(batch: Any) -> tuple[Any, Any]:
             features = layer(batch, training=False)
             return features, features
 
@@ -239,7 +249,7 @@ def _forward(model, path: tuple[str, ...], manifest_name: str) -> Callable:
     position = next(index for index, each in enumerate(layers) if each is layer)
     before, after = layers[:position], layers[position + 1:]
 
-    def chain(batch):
+    def chain(batch: Any) -> tuple[Any, Any]:
         for each in before:
             batch = each(batch, training=False)
         features, batch = inner(batch)
@@ -250,7 +260,7 @@ def _forward(model, path: tuple[str, ...], manifest_name: str) -> Callable:
     return chain
 
 
-def _strip_softmax(model) -> None:
+def _strip_softmax(model: "keras.Model") -> None:
     """Explain the class's logit, not its probability: a softmax saturates near 0 and 1, where its gradients vanish
     (as Keras' own Grad-CAM example does). Changes this process's copy of the model only."""
     import keras
@@ -260,34 +270,34 @@ def _strip_softmax(model) -> None:
         last.activation = keras.activations.linear
 
 
-def _is_model(layer) -> bool:
+def _is_model(layer: "keras.layers.Layer") -> bool:
     import keras
 
     return isinstance(layer, keras.Model)
 
 
-def _layer_named(container, name: str):
+def _layer_named(container: "keras.Model", name: str) -> "keras.layers.Layer | None":
     try:
         return container.get_layer(name)
     except ValueError:
         return None
 
 
-def _layer_at(model, path: tuple[str, ...]):
+def _layer_at(model: "keras.Model", path: tuple[str, ...]) -> "keras.layers.Layer":
     layer = model
     for name in path:
         layer = layer.get_layer(name)
     return layer
 
 
-def _output_shape(layer) -> tuple:
+def _output_shape(layer: "keras.layers.Layer") -> tuple[int | None, ...]:
     """The shape of the layer's one output; () if it has several. A nested model's `output` is that of its own
     graph, which is what it gives in the outer one too."""
     output = layer.output
     return tuple(output.shape) if hasattr(output, "shape") else ()
 
 
-def _paths(model, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _paths(model: "keras.Model", prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """The path of every layer but the inputs, nested ones included, in the models' order."""
     import keras
 
@@ -302,7 +312,7 @@ def _paths(model, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     return found
 
 
-def _candidates(model, count: int = 5) -> str:
+def _candidates(model: "keras.Model", count: int = 5) -> str:
     convolutional = []
     for path in _paths(model):
         try:

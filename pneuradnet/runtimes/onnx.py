@@ -52,7 +52,8 @@ class OnnxRuntime:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        return self._session.run([self._output_name], feed)[0]
+        outputs: np.ndarray = self._session.run([self._output_name], feed)[0]  # onnxruntime ships no types
+        return outputs
 
 
 def _fixed(dim: int | str | None) -> int | None:
