@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis as AsyncRedis
 
-from api.batcher import EnqueueBatcher
+from api.dispatch import Dispatcher
 from service.jobstore import JobStore
 from service.settings import Settings
 from service.workers import WorkerRegistry
@@ -27,12 +27,12 @@ def get_async_redis(request: Request) -> AsyncRedis:
     return request.app.state.async_redis
 
 
-def get_batcher(request: Request) -> EnqueueBatcher:
-    return request.app.state.batcher
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
-BatcherDep = Annotated[EnqueueBatcher, Depends(get_batcher)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

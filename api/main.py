@@ -9,15 +9,17 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
 
 from api.batcher import EnqueueBatcher
+from api.dispatch import Dispatcher
 from api.docs import install_docs
 from api.limits import BodySizeLimit
 from api.notice import NoticeHeader
 from api.problems import document_problems, install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
-from service.jobstore import JobStore
+from service.fairshare import FairShare
+from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
 from service.metrics import StoreCollector
-from service.queue import make_celery, send_classify_task
+from service.queue import make_celery, send_bulk_chunks, send_classify_task
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
 
@@ -31,16 +33,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl)
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
-        app.state.metrics.register(StoreCollector(app.state.store, app.state.workers))
+        app.state.fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
+        app.state.metrics.register(StoreCollector(app.state.store, app.state.workers, app.state.fair_share))
         app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
         # Tasks go to the broker of these settings, which may not be the environment's.
-        send = partial(send_classify_task, app=make_celery(settings))
-        app.state.batcher = EnqueueBatcher(send, max_batch=settings.max_batch,
-                                           wait_seconds=settings.batch_wait_ms / 1000)
-        app.state.batcher.start()
+        celery = make_celery(settings)
+        batcher = EnqueueBatcher(partial(send_classify_task, app=celery, lane=Lane.INTERACTIVE),
+                                 max_batch=settings.max_batch, wait_seconds=settings.batch_wait_ms / 1000)
+        app.state.dispatcher = Dispatcher(
+            batcher=batcher, fair_share=app.state.fair_share, workers=app.state.workers, max_batch=settings.max_batch,
+            send_chunks=lambda chunks, owner: send_bulk_chunks(chunks, owner=owner, app=celery))
+        batcher.start()
         yield
-        await app.state.batcher.stop()
+        await batcher.stop()
         await app.state.async_redis.aclose()
+        app.state.fair_share.close()
         app.state.workers.close()
         app.state.store.close()
 

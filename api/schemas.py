@@ -4,7 +4,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from service.jobstore import Job, JobStatus
+from service.jobstore import Job, JobStatus, Lane
 
 DISCLAIMER = "Decision support for qualified staff; not a diagnosis."
 
@@ -101,6 +101,8 @@ def heatmap_path(job_id: str) -> str:
 
 class SubmitResponse(BaseModel):
     batch_id: str
+    lane: Lane
+    """interactive: served before bulk work; bulk: shared fairly between API keys."""
     jobs: list[JobPublic]
     notice: str = DISCLAIMER
 
@@ -109,6 +111,7 @@ class BatchPublic(BaseModel):
     id: str
     created_at: str
     total: int
+    lane: Lane
     counts: dict[JobStatus, int]
     jobs: list[JobPublic]
     next_page_token: str | None

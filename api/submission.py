@@ -9,9 +9,9 @@ from typing import TypeVar
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from api.batcher import EnqueueBatcher
+from api.dispatch import Dispatcher
 from api.problems import ProblemError
-from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Upload
+from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Lane, QueueFull, Upload
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
 
@@ -26,23 +26,38 @@ QUEUE_RETRY_AFTER = 5
 """Seconds a client is asked to wait when the broker refused the tasks."""
 
 
-async def submit_batch(store: JobStore, batcher: EnqueueBatcher, uploads: list[Upload], *, owner: str,
-                       max_queue: int, idempotency: str | None = None,
+def choose_lane(image_count: int, *, priority: Lane | None, interactive_max: int) -> Lane:
+    """The lane of a submission: small ones are interactive unless the client asks for bulk; a large one is bulk
+    whatever it asks, so that nobody can put thousands of images ahead of a clinician's single one."""
+    if priority is Lane.BULK:
+        return Lane.BULK
+    if image_count <= interactive_max:
+        return Lane.INTERACTIVE
+    if priority is Lane.INTERACTIVE:
+        raise ProblemError(422, "too-large-for-interactive", f"{image_count} images cannot go to the interactive "
+                           f"lane, which takes at most {interactive_max} (INTERACTIVE_MAX_IMAGES): send them with "
+                           "priority=bulk, or in smaller submissions")
+    return Lane.BULK
+
+
+async def submit_batch(store: JobStore, dispatcher: Dispatcher, uploads: list[Upload], *, owner: str,
+                       max_queue: int, lane: Lane, idempotency: str | None = None,
                        explain: bool = False) -> tuple[Batch, list[Job]]:
-    """Store every job before any is enqueued, so a worker never takes a job the store does not know."""
-    queued = await run_in_threadpool(store.queued_count)
-    if queued + len(uploads) > max_queue:
-        raise ProblemError(429, "queue-full", f"the queue holds {queued} jobs and takes at most {max_queue} "
-                           "(MAX_QUEUE); nothing of this request was queued: retry later",
-                           headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+    """Store every job before any is enqueued, so a worker never takes a job the store does not know. The store
+    admits the batch whole or not at all, so concurrent submissions never push the queue past MAX_QUEUE."""
     try:
-        batch, jobs, created = await run_in_threadpool(
-            partial(store.create_batch, uploads, owner=owner, idempotency=idempotency, explain=explain))
+        batch, jobs, created = await run_in_threadpool(partial(
+            store.create_batch, uploads, owner=owner, idempotency=idempotency, explain=explain, lane=lane,
+            max_queue=max_queue))
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
+    except QueueFull as full:
+        raise ProblemError(429, "queue-full", f"the queue holds {full.queued} jobs and takes at most {full.limit} "
+                           "(MAX_QUEUE); nothing of this request was queued: retry later",
+                           headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from full
     if created:
         try:
-            await batcher.submit([job.id for job in jobs])
+            await dispatcher.dispatch([job.id for job in jobs], lane=batch.lane, owner=owner)
         except Exception as error:
             # Left queued, these jobs would wait for a task that never comes and hold places in MAX_QUEUE.
             log.error("enqueueing batch %s failed, its %d jobs are withdrawn: %s", batch.id, len(jobs), error)

@@ -17,10 +17,9 @@ from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
-from redis.typing import EncodableT, FieldT
 
 from service.keys import (
+    INTERACTIVE_QUEUED_REGISTRY,
     METRICS,
     QUEUED_REGISTRY,
     RUNNING_REGISTRY,
@@ -37,6 +36,27 @@ from service.keys import (
 
 class IdempotencyConflict(Exception):
     """An Idempotency-Key already names a submission of other files."""
+
+
+class QueueFull(Exception):
+    """Admitting a batch would put more than MAX_QUEUE jobs in the queue; nothing of it was stored."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"the queue holds {queued} jobs and takes at most {limit}")
+        self.queued = queued
+        self.limit = limit
+
+
+class Lane(StrEnum):
+    """Which queue a batch's jobs wait in: workers take interactive work (single images, small submissions) before
+    bulk work; the bulk lane is shared fairly between API keys (service/fairshare.py)."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+QUEUED_REGISTRIES = {Lane.INTERACTIVE: INTERACTIVE_QUEUED_REGISTRY, Lane.BULK: QUEUED_REGISTRY}
+"""Where each lane's queued jobs are counted; MAX_QUEUE bounds the two together."""
 
 
 class JobStatus(StrEnum):
@@ -64,6 +84,7 @@ _TRANSITION = """
 -- Moves one job to a new status, if the state machine allows it from the status it is in.
 -- KEYS[1] job hash          KEYS[2] job image        KEYS[3] queued registry   KEYS[4] running registry
 -- KEYS[5] metrics hash      KEYS[6] the job's batch hash (it may have expired)
+-- KEYS[7] interactive lane's queued registry
 -- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
 -- ARGV[3] target status     ARGV[4] deadline (score in the running registry; used when the target is running)
 -- ARGV[5] job channel       ARGV[6] batch channel
@@ -76,6 +97,7 @@ local target = ARGV[3]
 redis.call('HSET', KEYS[1], 'status', target)
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 local batch_exists = redis.call('EXISTS', KEYS[6]) == 1
 if batch_exists then
@@ -92,6 +114,44 @@ end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
 return {1, status}
+"""
+
+
+_ADMIT = """
+-- Admits a batch whole, or nothing of it: a repeat of an idempotent submission answers the batch it names, a batch
+-- that would overflow MAX_QUEUE is refused, and otherwise the batch, its jobs and their images are stored queued.
+-- KEYS[1] batch hash   KEYS[2] batch's job list   KEYS[3] idempotency key (unused without one)
+-- KEYS[4] the lane's queued registry   KEYS[5] the other lane's queued registry   KEYS[6] metrics hash
+-- KEYS[7..] per job: its hash, its image
+-- ARGV[1] MAX_QUEUE (-1: no limit)   ARGV[2] TTL   ARGV[3] queued score (now)   ARGV[4] created_at   ARGV[5] owner
+-- ARGV[6] explain ('1' or '0')   ARGV[7] lane   ARGV[8] batch id
+-- ARGV[9] what the idempotency key is to hold (JSON), '' without one   ARGV[10..] per job: id, filename, bytes
+-- Returns {'repeat', what the idempotency key holds}, {'full', jobs queued now} or {'created'}.
+if ARGV[9] ~= '' then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then return {'repeat', earlier} end
+end
+local count = (#ARGV - 9) / 3
+local queued = redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[5])
+if tonumber(ARGV[1]) >= 0 and queued + count > tonumber(ARGV[1]) then return {'full', tostring(queued)} end
+local ttl = ARGV[2]
+redis.call('HSET', KEYS[1], 'created_at', ARGV[4], 'total', count, 'owner', ARGV[5], 'lane', ARGV[7],
+           'queued', count)
+redis.call('EXPIRE', KEYS[1], ttl)
+for i = 0, count - 1 do
+  local id, filename, data = ARGV[10 + 3 * i], ARGV[11 + 3 * i], ARGV[12 + 3 * i]
+  local record, image = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  redis.call('RPUSH', KEYS[2], id)
+  redis.call('HSET', record, 'id', id, 'batch_id', ARGV[8], 'status', 'queued', 'filename', filename,
+             'created_at', ARGV[4], 'deliveries', '0', 'owner', ARGV[5], 'explain', ARGV[6], 'lane', ARGV[7])
+  redis.call('EXPIRE', record, ttl)
+  redis.call('SET', image, data, 'EX', ttl)
+  redis.call('ZADD', KEYS[4], ARGV[3], id)
+end
+if count > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+if ARGV[9] ~= '' then redis.call('SET', KEYS[3], ARGV[9], 'EX', ttl) end
+redis.call('HINCRBY', KEYS[6], 'jobs_submitted', count)
+return {'created'}
 """
 
 
@@ -112,6 +172,7 @@ class Job:
     """The model process that last took the job."""
     explain: bool = False
     """Submitted with explain: the worker adds a Grad-CAM heatmap (heatmap_key) to its result."""
+    lane: Lane = Lane.BULK
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Job":
@@ -129,6 +190,7 @@ class Job:
             owner=fields.get("owner", ""),
             worker=fields.get("worker", ""),
             explain=fields.get("explain") == "1",
+            lane=Lane(fields.get("lane", Lane.BULK)),
         )
 
 
@@ -140,6 +202,7 @@ class Batch:
     owner: str
     counts: dict[JobStatus, int]
     """How many of the batch's jobs are in each status, kept by the transition script."""
+    lane: Lane = Lane.BULK
 
     @property
     def finished(self) -> int:
@@ -166,60 +229,45 @@ class JobStore:
         self._raw = Redis.from_url(url)
         self.ttl = ttl
         self._transition = self._redis.register_script(_TRANSITION)
+        self._admit = self._redis.register_script(_ADMIT)
 
     def close(self) -> None:
         self._redis.close()
         self._raw.close()
 
     def create_batch(self, uploads: Sequence[Upload], *, owner: str = "", idempotency: str | None = None,
-                     explain: bool = False) -> tuple[Batch, list[Job], bool]:
-        """Store a batch, its jobs and their images in one transaction; every job starts queued.
+                     explain: bool = False, lane: Lane = Lane.BULK,
+                     max_queue: int | None = None) -> tuple[Batch, list[Job], bool]:
+        """Store a batch, its jobs and their images in one atomic step; every job starts queued in `lane`.
 
         With an idempotency key, a repeat of the same uploads (and the same `explain`) returns the batch first
         created (and False: nothing new to enqueue); other uploads under a used key raise IdempotencyConflict.
+        A batch that would put more than `max_queue` jobs in the queue raises QueueFull, and nothing is stored.
         """
         # Only a keyed submission is fingerprinted: a bulk upload without a key need not hash all its bytes.
         fingerprint = _fingerprint(uploads, explain=explain) if idempotency is not None else ""
-        with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if idempotency is not None:
-                        pipe.watch(idempotency_key(owner, idempotency))  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.watch unannotated
-                        earlier = pipe.get(idempotency_key(owner, idempotency))
-                        if earlier is not None:
-                            pipe.reset()
-                            return (*self._repeat(json.loads(earlier), fingerprint, idempotency), False)
-                    batch, jobs = self._new_batch(pipe, uploads, owner=owner, explain=explain)
-                    if idempotency is not None:
-                        pipe.set(idempotency_key(owner, idempotency),
-                                 json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}), ex=self.ttl)
-                    pipe.execute()
-                    return batch, jobs, True
-                except WatchError:
-                    continue  # the same key was used concurrently: read what it holds now
-
-    def _new_batch(self, pipe: Pipeline, uploads: Sequence[Upload], *, owner: str,
-                   explain: bool) -> tuple[Batch, list[Job]]:
         created_at = now_iso()
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=len(uploads), owner=owner,
-                      counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: len(uploads)})
+                      counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: len(uploads)}, lane=lane)
         jobs = [Job(id=str(uuid.uuid4()), batch_id=batch.id, status=JobStatus.QUEUED, filename=upload.filename,
-                    created_at=created_at, owner=owner, explain=explain) for upload in uploads]
-        score = time.time()
-        pipe.multi()
-        pipe.hset(batch_key(batch.id), mapping={"created_at": created_at, "total": batch.total, "owner": owner,
-                                                JobStatus.QUEUED.value: batch.total})
-        pipe.expire(batch_key(batch.id), self.ttl)
-        if jobs:
-            pipe.rpush(batch_jobs_key(batch.id), *(job.id for job in jobs))
-            pipe.expire(batch_jobs_key(batch.id), self.ttl)
-        for job, upload in zip(jobs, uploads, strict=True):
-            pipe.hset(job_key(job.id), mapping=_job_fields(job))
-            pipe.expire(job_key(job.id), self.ttl)
-            pipe.set(image_key(job.id), upload.data, ex=self.ttl)
-            pipe.zadd(QUEUED_REGISTRY, {job.id: score})
-        pipe.hincrby(METRICS, "jobs_submitted", len(jobs))
-        return batch, jobs
+                    created_at=created_at, owner=owner, explain=explain, lane=lane) for upload in uploads]
+        other_lane = Lane.INTERACTIVE if lane is Lane.BULK else Lane.BULK
+        keys = [batch_key(batch.id), batch_jobs_key(batch.id),
+                idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
+                QUEUED_REGISTRIES[lane], QUEUED_REGISTRIES[other_lane], METRICS,
+                *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))]
+        remembered = json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}) if idempotency is not None else ""
+        answer = self._admit(keys=keys, args=[
+            -1 if max_queue is None else max_queue, self.ttl, time.time(), created_at, owner,
+            "1" if explain else "0", lane.value, batch.id, remembered,
+            *(item for job, upload in zip(jobs, uploads, strict=True) for item in (job.id, job.filename, upload.data)),
+        ])
+        if answer[0] == "repeat":
+            assert idempotency is not None
+            return (*self._repeat(json.loads(answer[1]), fingerprint, idempotency), False)
+        if answer[0] == "full":
+            raise QueueFull(int(answer[1]), max_queue or 0)
+        return batch, jobs, True
 
     def _repeat(self, earlier: dict[str, str], fingerprint: str, key: str) -> tuple[Batch, list[Job]]:
         if earlier["fingerprint"] != fingerprint:
@@ -245,7 +293,8 @@ class JobStore:
         if not fields:
             return None
         return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
-                     counts={status: int(fields.get(status.value, 0)) for status in JobStatus})
+                     counts={status: int(fields.get(status.value, 0)) for status in JobStatus},
+                     lane=Lane(fields.get("lane", Lane.BULK)))
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
@@ -313,7 +362,15 @@ class JobStore:
             self._redis.delete(idempotency_key(owner, idempotency))
 
     def queued_count(self) -> int:
-        return self._redis.zcard(QUEUED_REGISTRY)
+        """Jobs waiting in either lane."""
+        return sum(self.queued_counts().values())
+
+    def queued_counts(self) -> dict[Lane, int]:
+        """Jobs waiting in each lane, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for registry in QUEUED_REGISTRIES.values():
+            pipe.zcard(registry)
+        return dict(zip(QUEUED_REGISTRIES, pipe.execute(), strict=True))
 
     def running_count(self) -> int:
         return self._redis.zcard(RUNNING_REGISTRY)
@@ -354,7 +411,7 @@ class JobStore:
         pairs = [item for pair in fields.items() for item in pair]
         self._transition(
             keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS,
-                  batch_key(batch_id)],
+                  batch_key(batch_id), INTERACTIVE_QUEUED_REGISTRY],
             args=[job_id, allowed, target.value, score, job_channel(job_id), batch_channel(batch_id), *pairs],
             client=pipe,
         )
@@ -369,12 +426,6 @@ def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:
     if explain:  # only then, so that the fingerprints of submissions without it are what they always were
         digest.update(b"explain")
     return digest.hexdigest()
-
-
-def _job_fields(job: Job) -> dict[FieldT, EncodableT]:
-    """The job's hash, as hset takes it (from_hash reads it back as str: every field is written as a string)."""
-    return {"id": job.id, "batch_id": job.batch_id, "status": job.status.value, "filename": job.filename,
-            "created_at": job.created_at, "deliveries": "0", "owner": job.owner, "explain": "1" if job.explain else "0"}
 
 
 def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

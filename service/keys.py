@@ -15,16 +15,28 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
 - `registry:running`    sorted set: running job ids scored by their deadline
 - `idempotency:{owner}:{key}`  string: JSON {batch_id, fingerprint} of a submission with an Idempotency-Key
 - `metrics`             hash: cluster-wide counters and histogram buckets (service/metrics.py), no expiry
+- `registry:queued:interactive`  sorted set: the same, for jobs of the interactive lane
 - `worker:{name}`       hash: a live model process and the model it serves (service/workers.py), expiring
                         WORKER_TTL after its last heartbeat
+- `workers`             sorted set: model process names scored by their last heartbeat (counting live ones)
+- `fair:pending:{owner}`  list: an API key's bulk chunks not yet handed to the broker, oldest first, as JSON
+                        {"id", "jobs"} (service/fairshare.py)
+- `fair:in-flight:{owner}`  sorted set: ids of the key's chunks handed to the broker and not finished, scored by
+                        when they were handed over
+- `fair:owners`         set: the keys with bulk chunks pending or in flight
+- `fair:released:{chunk}`  string: JSON list of the chunks released when this chunk finished, so that a task run
+                        twice re-sends the same ones rather than releasing more
 
 The Celery broker's own keys (the queue list, kombu's unacked hashes) are kombu's, named in service/queue.py.
 """
 
 PREFIX = "pneuradnet"
 QUEUED_REGISTRY = f"{PREFIX}:registry:queued"
+INTERACTIVE_QUEUED_REGISTRY = f"{PREFIX}:registry:queued:interactive"
 RUNNING_REGISTRY = f"{PREFIX}:registry:running"
 METRICS = f"{PREFIX}:metrics"
+WORKERS = f"{PREFIX}:workers"
+FAIR_OWNERS = f"{PREFIX}:fair:owners"
 
 WORKER_TTL = 30
 """Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""
@@ -64,3 +76,15 @@ def idempotency_key(owner: str, key: str) -> str:
 
 def worker_key(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
+
+
+def fair_pending_key(owner: str) -> str:
+    return f"{PREFIX}:fair:pending:{owner}"
+
+
+def fair_in_flight_key(owner: str) -> str:
+    return f"{PREFIX}:fair:in-flight:{owner}"
+
+
+def fair_released_key(chunk_id: str) -> str:
+    return f"{PREFIX}:fair:released:{chunk_id}"

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.fairshare import FairShare
 from service.jobstore import JobStatus, JobStore
 from service.workers import WorkerRegistry
 
@@ -39,9 +40,10 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
 class StoreCollector(Collector):
     """Reads the metrics hash and the registries at each scrape."""
 
-    def __init__(self, store: JobStore, workers: WorkerRegistry) -> None:
+    def __init__(self, store: JobStore, workers: WorkerRegistry, fair_share: FairShare) -> None:
         self.store = store
         self.workers = workers
+        self.fair_share = fair_share
 
     def collect(self) -> Iterator[Metric]:
         values = self.store.metrics()
@@ -50,11 +52,18 @@ class StoreCollector(Collector):
         for event in ("submitted", *(status.value for status in JobStatus if status is not JobStatus.QUEUED)):
             jobs.add_metric([event], values.get(f"jobs_{event}", 0.0))
         yield jobs
-        yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker",
-                                value=self.store.queued_count())
+        by_lane = self.store.queued_counts()
+        yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker", value=sum(by_lane.values()))
+        lanes = GaugeMetricFamily("pneuradnet_lane_queue_depth", "Jobs waiting for a worker, by lane",
+                                  labels=["lane"])
+        for lane, count in by_lane.items():
+            lanes.add_metric([lane.value], count)
+        yield lanes
+        yield GaugeMetricFamily("pneuradnet_bulk_keys_waiting", "API keys with bulk work waiting or running",
+                                value=self.fair_share.keys_waiting())
         yield GaugeMetricFamily("pneuradnet_jobs_running", "Jobs a worker holds now", value=self.store.running_count())
         yield GaugeMetricFamily("pneuradnet_workers_live", "Model processes that announced themselves lately",
-                                value=len(self.workers.live()))
+                                value=self.workers.count())
         for name, (description, bounds) in HISTOGRAMS.items():
             cumulative = [(f"{bound:g}", values.get(f"{name}:le:{bound:g}", 0.0)) for bound in bounds]
             count = values.get(f"{name}:count", 0.0)

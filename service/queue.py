@@ -7,10 +7,19 @@ code lives in worker.tasks, named here as a string so that only Celery itself lo
 from collections.abc import Sequence
 
 from celery import Celery
+from kombu import Queue
 
+from service.fairshare import Chunk
+from service.jobstore import Lane
 from service.settings import Settings
 
 QUEUE = "pneuradnet"
+"""The bulk lane's queue (the name the service always had, so that tasks queued before lanes still run)."""
+INTERACTIVE_QUEUE = "pneuradnet.interactive"
+
+QUEUES = {Lane.INTERACTIVE: INTERACTIVE_QUEUE, Lane.BULK: QUEUE}
+"""Each lane's Celery queue, in the order workers look into them: interactive first."""
+
 CLASSIFY_TASK = "pneuradnet.classify"
 
 HARD_LIMIT_MARGIN = 10
@@ -23,10 +32,18 @@ RESTORE_INTERVAL = 5
 """Seconds between a worker's sweeps for tasks whose worker vanished without acknowledging them."""
 
 
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds after which the broker hands a task that was taken and never acknowledged to another worker."""
+    return settings.job_timeout + VISIBILITY_MARGIN
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         task_default_queue=QUEUE,
+        # Workers consume both lanes; with the "priority" order, each poll (one BRPOP over both lists) takes from
+        # the interactive queue whenever it holds a task, and from the bulk queue only when it is empty.
+        task_queues=[Queue(name) for name in QUEUES.values()],
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in the job store, not in Celery
@@ -43,7 +60,8 @@ def make_celery(settings: Settings) -> Celery:
         # The redis transport re-delivers an unacknowledged task after the visibility timeout (default 1 h):
         # keep it just above the longest a task may run, and look for such tasks often.
         broker_transport_options={
-            "visibility_timeout": settings.job_timeout + VISIBILITY_MARGIN,
+            "queue_order_strategy": "priority",
+            "visibility_timeout": visibility_timeout(settings),
             "unacked_restore_interval": RESTORE_INTERVAL,
             "unacked_restore_throttle": 1,
         },
@@ -55,6 +73,14 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_classify_task(job_ids: Sequence[str], *, app: Celery) -> None:
+def send_classify_task(job_ids: Sequence[str], *, app: Celery, lane: Lane = Lane.BULK) -> None:
     """Enqueue one task that classifies these jobs in one batch (on the broker `app` is bound to)."""
-    app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUE)
+    app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUES[lane])
+
+
+def send_bulk_chunks(chunks: Sequence[Chunk], *, owner: str, app: Celery) -> None:
+    """Enqueue the bulk chunks fair share released for `owner`; each task names its chunk, so that its worker
+    releases the owner's next one when it is done."""
+    for chunk in chunks:
+        app.send_task(CLASSIFY_TASK, args=[chunk.job_ids], kwargs={"chunk": chunk.id, "owner": owner},
+                      queue=QUEUES[Lane.BULK])

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=3, gt=0)
     """Times a job may be handed to a worker; a job whose worker keeps dying fails after this many."""
 
+    interactive_max_images: int = Field(default=4, ge=0)
+    """Largest submission that goes to the interactive lane, which workers serve before bulk work; POST /predict
+    always does. 0: only POST /predict."""
     max_queue: int = Field(default=10_000, gt=0)
     """Most jobs waiting in the queue; beyond it POST /jobs answers 429 and enqueues nothing."""
     explain_enabled: bool = True

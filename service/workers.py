@@ -1,10 +1,16 @@
 """Which model processes are alive and what they serve: each announces itself on a heartbeat, and the
-announcement lapses WORKER_TTL after the last one, so a worker that vanished drops out by itself."""
+announcement lapses WORKER_TTL after the last one, so a worker that vanished drops out by itself.
+
+The `workers` index (names scored by their last heartbeat) lets the live ones be counted and listed without
+scanning the keyspace, which holds a few keys per job.
+"""
+
+import time
 
 from redis import Redis
 
 from service.jobstore import now_iso
-from service.keys import WORKER_TTL, worker_key
+from service.keys import WORKER_TTL, WORKERS, worker_key
 
 
 class WorkerRegistry:
@@ -16,19 +22,28 @@ class WorkerRegistry:
 
     def announce(self, name: str, info: dict[str, str]) -> None:
         """Say (again) that this model process is alive and what it serves; call every WORKER_TTL / 3."""
+        now = time.time()
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(worker_key(name), mapping={**info, "name": name, "seen_at": now_iso()})
             pipe.expire(worker_key(name), WORKER_TTL)
+            pipe.zadd(WORKERS, {name: now})
+            pipe.zremrangebyscore(WORKERS, "-inf", now - WORKER_TTL)  # the ones that vanished without retiring
             pipe.execute()
 
     def retire(self, name: str) -> None:
-        self._redis.delete(worker_key(name))
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(worker_key(name))
+            pipe.zrem(WORKERS, name)
+            pipe.execute()
+
+    def count(self) -> int:
+        """Model processes alive now (heard from within WORKER_TTL)."""
+        return int(self._redis.zcount(WORKERS, time.time() - WORKER_TTL, "+inf"))
 
     def live(self) -> list[dict[str, str]]:
         """The announcements of the model processes alive now."""
-        names = list(self._redis.scan_iter(worker_key("*"), count=1000))
+        names = self._redis.zrangebyscore(WORKERS, time.time() - WORKER_TTL, "+inf")
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(name)
+            pipe.hgetall(worker_key(name))
         return [info for info in pipe.execute() if info]
-

@@ -26,7 +26,7 @@ def wipe_jobs(url: str = TEST_REDIS_URL) -> None:
     """Delete the job store's keys but the workers' announcements; the broker's keys stay, so a running worker
     keeps its queue bindings."""
     redis = Redis.from_url(url)
-    keys = [key for key in redis.scan_iter(f"{PREFIX}:*", count=1000) if not key.startswith(b"pneuradnet:worker:")]
+    keys = [key for key in redis.scan_iter(f"{PREFIX}:*", count=1000) if not key.startswith(b"pneuradnet:worker")]
     if keys:
         redis.delete(*keys)
     redis.close()

@@ -27,11 +27,12 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from pneuradnet.classifier import Classifier
 from pneuradnet.explain import GradCam
 from pneuradnet.manifest import sha256_of
+from service.fairshare import FairShare, window_for
 from service.jobstore import JobStore, now_iso
 from service.keys import WORKER_TTL
 from service.logs import configure_logging
 from service.problems import problem
-from service.queue import CLASSIFY_TASK
+from service.queue import CLASSIFY_TASK, send_bulk_chunks
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
 from worker.app import celery_app
@@ -48,6 +49,7 @@ class ProcessResources:
     """`host:pid`, this process's key in the worker registry and the `worker` of the jobs it runs."""
     store: JobStore
     registry: WorkerRegistry
+    fair_share: FairShare
     classifier: Classifier
     explainer: LazyExplainer | None
     """None when explanations are off: jobs with explain then get no heatmap, and TensorFlow is never loaded for it."""
@@ -59,6 +61,7 @@ def load_resources(settings: Settings) -> ProcessResources:
     """Load the model, warm it up, and announce this process in the worker registry."""
     store = JobStore(settings.redis_url, ttl=settings.job_ttl)
     registry = WorkerRegistry(settings.redis_url)
+    fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
     classifier = Classifier.load(
         settings.model_manifest,
         model_path=settings.model_path,
@@ -80,7 +83,8 @@ def load_resources(settings: Settings) -> ProcessResources:
         "threads": str(settings.inference_threads), "loaded_at": now_iso(),
     }
     resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store, registry=registry,
-                                 classifier=classifier, explainer=explainer, announcement=announcement)
+                                 fair_share=fair_share, classifier=classifier, explainer=explainer,
+                                 announcement=announcement)
     registry.announce(resources.name, announcement)
     log.info("model %s %s loaded from %s (%s, %d threads)", manifest.name, manifest.version,
              classifier.model_file, classifier.runtime.name, settings.inference_threads)
@@ -138,7 +142,8 @@ def _classify_task() -> ClassifyTask:
 
 
 @celery_app.task(name=CLASSIFY_TASK, base=ClassifyTask, bind=True)
-def classify(self: ClassifyTask, job_ids: list[str]) -> None:
+def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, owner: str = "") -> None:
+    """Classify a chunk of jobs; a bulk chunk (`chunk` named) then releases its owner's next (fair share)."""
     resources = self.resources
     settings = get_settings()
     try:
@@ -148,3 +153,8 @@ def classify(self: ClassifyTask, job_ids: list[str]) -> None:
     except SoftTimeLimitExceeded:
         fail_unfinished(job_ids, store=resources.store, error=problem(
             "job-timeout", "Job timeout", 504, f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
+    if chunk is not None:
+        # Sent before this task is acknowledged: a worker that dies in between runs it again, and the release
+        # then answers the same chunks (sending one twice is harmless, losing one is not).
+        released = resources.fair_share.finish(owner, chunk, window=window_for(resources.registry.count()))
+        send_bulk_chunks(released, owner=owner, app=celery_app)

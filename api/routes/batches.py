@@ -74,7 +74,8 @@ async def owned_batch(store: JobStore, batch_id: str, owner: str) -> Batch:
 def _page(store: JobStore, batch: Batch, offset: int, page_size: int) -> BatchPublic:
     jobs = _jobs_of(store, batch.id, offset, offset + page_size - 1)
     following = offset + page_size
-    return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, counts=batch.counts,
+    return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, lane=batch.lane,
+                       counts=batch.counts,
                        jobs=[JobPublic.of(job) for job in jobs],
                        next_page_token=str(following) if following < batch.total else None)
 

@@ -6,12 +6,12 @@ from fastapi import APIRouter, File, Header, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
-from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
+from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import JobAnswer, JobPublic, SubmitResponse
-from api.submission import submit_batch, wait_for_job
+from api.submission import choose_lane, submit_batch, wait_for_job
 from api.uploads import read_uploads
-from service.jobstore import Job, JobStatus, JobStore
+from service.jobstore import Job, JobStatus, JobStore, Lane
 from service.logs import job_event
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,18 @@ async def submit_jobs(
     response: Response,
     settings: SettingsDep,
     store: StoreDep,
-    batcher: BatcherDep,
+    dispatcher: DispatcherDep,
     owner: OwnerDep,
     files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG, DICOM) or ZIP archives of them")] = [],  # noqa: B006
     file: Annotated[UploadFile | None, File(description="One image; accepted for old clients")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Repeat-safe submission")] = None,
     explain: Annotated[bool, Query(description="Also make a Grad-CAM heatmap of what the model looked at, for "
                                                "each image (GET /jobs/{id}/heatmap.png); takes longer")] = False,
+    priority: Annotated[Lane | None, Query(description="The lane: by default a submission of at most "
+                                           "INTERACTIVE_MAX_IMAGES images is interactive (served before bulk work) "
+                                           "and a larger one bulk (shared fairly between API keys); `bulk` sends a "
+                                           "small one to the bulk lane, `interactive` is refused for a large one")]
+    = None,
 ) -> SubmitResponse:
     if explain and not settings.explain_enabled:  # refused before anything is stored or queued
         raise ProblemError(422, "explain-disabled", "explanations are turned off on this service "
@@ -50,10 +55,11 @@ async def submit_jobs(
     uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
                                  max_unzipped_bytes=settings.max_unzipped_bytes,
                                  max_files=settings.max_files_per_request)
-    batch, jobs = await submit_batch(store, batcher, uploads, owner=owner, idempotency=idempotency_key,
-                                     max_queue=settings.max_queue, explain=explain)
+    lane = choose_lane(len(uploads), priority=priority, interactive_max=settings.interactive_max_images)
+    batch, jobs = await submit_batch(store, dispatcher, uploads, owner=owner, idempotency=idempotency_key,
+                                     max_queue=settings.max_queue, explain=explain, lane=lane)
     response.headers["Location"] = f"/batches/{batch.id}"
-    return SubmitResponse(batch_id=batch.id, jobs=[JobPublic.of(job) for job in jobs])
+    return SubmitResponse(batch_id=batch.id, lane=batch.lane, jobs=[JobPublic.of(job) for job in jobs])
 
 
 @router.get("/jobs/{job_id}", response_model=JobAnswer, responses=problem_responses(401, 404, 422, 503))

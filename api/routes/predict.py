@@ -5,12 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 
 from api.auth import OwnerDep
-from api.deps import AsyncRedisDep, BatcherDep, SettingsDep, StoreDep
+from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import LegacyPrediction
 from api.submission import submit_batch, wait_for_job
 from api.uploads import read_uploads
-from service.jobstore import JobStatus
+from service.jobstore import JobStatus, Lane
 
 router = APIRouter(tags=["predict (synchronous)"])
 
@@ -22,14 +22,15 @@ async def predict(
     settings: SettingsDep,
     store: StoreDep,
     redis: AsyncRedisDep,
-    batcher: BatcherDep,
+    dispatcher: DispatcherDep,
     owner: OwnerDep,
     file: Annotated[UploadFile, File(description="One image (PNG, JPEG or DICOM)")],
 ) -> LegacyPrediction:
     uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes,
                                  max_unzipped_bytes=settings.max_unzipped_bytes, max_files=1)
-    _, (submitted,) = await submit_batch(store, batcher, uploads, owner=owner,
-                                             max_queue=settings.max_queue)
+    # A person waits at the screen for this answer: always the interactive lane.
+    _, (submitted,) = await submit_batch(store, dispatcher, uploads, owner=owner, max_queue=settings.max_queue,
+                                         lane=Lane.INTERACTIVE)
     job = await wait_for_job(store, redis, submitted.id, timeout=settings.predict_timeout)
     if job is None:
         raise ProblemError(500, "job-lost", f"job {submitted.id} disappeared before it finished")

@@ -12,7 +12,8 @@ import httpx
 from PIL import Image
 from redis import Redis
 
-from service.queue import CLASSIFY_TASK, QUEUE
+from service.keys import fair_pending_key
+from service.queue import CLASSIFY_TASK, QUEUES
 from tests.live_service import TEST_REDIS_URL
 
 PROBLEM_JSON = "application/problem+json"
@@ -59,22 +60,34 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def enqueued_tasks(redis: Redis) -> list[list[str]]:
-    """The job ids of each classify task waiting on the broker, oldest task first.
+def queue_tasks(redis: Redis, queue: str) -> list[tuple[list[str], dict[str, str]]]:
+    """The classify tasks waiting in one Celery queue, oldest first: each task's job ids and its keyword arguments.
 
     No worker consumes the test database, so every task the API sent is still in the queue's list, as kombu's
     Redis transport wrote it: a JSON envelope whose base64 body is Celery's [args, kwargs, embed].
     """
     tasks = []
-    for raw in reversed(redis.lrange(QUEUE, 0, -1)):  # LPUSHed: the newest is first
+    for raw in reversed(redis.lrange(queue, 0, -1)):  # LPUSHed: the newest is first
         message = json.loads(raw)
         assert message["headers"]["task"] == CLASSIFY_TASK
         assert message["properties"]["body_encoding"] == "base64"
         args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        assert kwargs == {}
         (job_ids,) = args
-        tasks.append(job_ids)
+        tasks.append((job_ids, kwargs))
     return tasks
+
+
+def pending_chunks(redis: Redis) -> list[list[str]]:
+    """The job ids of each bulk chunk fair share holds back (past its key's window), key by key, oldest first."""
+    return [json.loads(raw)["jobs"] for key in sorted(redis.scan_iter(fair_pending_key("*")))
+            for raw in redis.lrange(key, 0, -1)]
+
+
+def enqueued_tasks(redis: Redis) -> list[list[str]]:
+    """The job ids of every task the API has handed over to run: those on the broker (interactive lane first, then
+    bulk, oldest first in each) and then the bulk chunks waiting their key's turn in fair share."""
+    return [*(job_ids for queue in QUEUES.values() for job_ids, _ in queue_tasks(redis, queue)),
+            *pending_chunks(redis)]
 
 
 def enqueued_job_ids(redis: Redis) -> list[str]:

@@ -1,0 +1,176 @@
+"""A shared service stays fair, with real processes: a clinician's single image does not wait behind a research
+team's bulk upload, keys with bulk work take turns, and a worker killed in the middle loses and repeats nothing.
+
+Each test runs on a Redis database of its own with its own API (two API keys) and worker, so that the session's
+worker takes none of its tasks. Bounds come from times measured in the same test, never from wall-clock constants.
+"""
+
+import os
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis import Redis
+
+from service.jobstore import JobStatus, JobStore
+from tests.live_service import start_api, start_worker
+from tests.processes import stop, wait_until
+
+pytestmark = pytest.mark.model
+
+FAIR_REDIS_URL = "redis://127.0.0.1:6379/13"
+KILL_REDIS_URL = "redis://127.0.0.1:6379/11"
+ALICE = "research-team-key-0123"
+BOB = "clinician-key-4567"
+
+
+def flush(url: str) -> None:
+    redis = Redis.from_url(url)
+    redis.flushdb()
+    redis.close()
+
+
+def client_of(url: str, key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API (keys ALICE and BOB) and one worker on a database of their own: the API's URL."""
+    flush(FAIR_REDIS_URL)
+    logs = tmp_path_factory.mktemp("fair")
+    worker = start_worker(logs / "worker.log", REDIS_URL=FAIR_REDIS_URL)
+    api, url = start_api(logs / "api.log", REDIS_URL=FAIR_REDIS_URL, API_KEYS=f"{ALICE},{BOB}")
+    yield url
+    stop(api)
+    stop(worker)
+    flush(FAIR_REDIS_URL)
+
+
+def files(radiographs: list[Path], count: int, prefix: str) -> list[tuple[str, tuple[str, bytes]]]:
+    contents = [path.read_bytes() for path in radiographs]
+    return [("files", (f"{prefix}-{n}.jpeg", contents[n % len(contents)])) for n in range(count)]
+
+
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def wait_for_batch(client: httpx.Client, batch_id: str, *, polls: int = 20) -> dict:
+    """The batch once every job of it has finished: long-polls of at most 30 s each, `polls` of them at most."""
+    for _ in range(polls):
+        batch = client.get(f"/batches/{batch_id}", params={"wait": 30, "page_size": 1}).json()
+        if sum(batch["counts"][status] for status in FINISHED) >= batch["total"]:
+            return batch
+    raise AssertionError(f"batch {batch_id} did not finish: {batch['counts']}")
+
+
+def all_jobs(client: httpx.Client, batch_id: str) -> list[dict]:
+    return client.get(f"/batches/{batch_id}", params={"page_size": 1000}).json()["jobs"]
+
+
+def timed_batch(client: httpx.Client, upload: list, **params: str) -> tuple[float, dict]:
+    """Seconds from the request's start until every job of its batch has finished, and the batch."""
+    started = time.perf_counter()
+    submitted = client.post("/jobs", files=upload, params=params)
+    assert submitted.status_code == 202, submitted.text
+    batch = wait_for_batch(client, submitted.json()["batch_id"])
+    return time.perf_counter() - started, batch
+
+
+def wait_until_running(client: httpx.Client, batch_id: str) -> None:
+    wait_until(lambda: client.get(f"/batches/{batch_id}", params={"page_size": 1}).json()["counts"]["running"] > 0,
+               timeout=60, interval=0.02, what="the bulk upload to start")
+
+
+def test_a_single_urgent_image_waits_at_most_for_the_batch_already_running(service: str, radiographs: list[Path]):
+    with client_of(service, ALICE) as alice, client_of(service, BOB) as bob:
+        image = {"file": (radiographs[0].name, radiographs[0].read_bytes())}
+        alone = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert bob.post("/predict/", files=image).status_code == 200
+            alone.append(time.perf_counter() - started)
+        single = statistics.median(alone)
+        batch_time = statistics.median(timed_batch(bob, files(radiographs, 16, "warm"), priority="bulk")[0]
+                                       for _ in range(3))
+
+        bulk = alice.post("/jobs", files=files(radiographs, 320, "study"))
+        assert bulk.status_code == 202 and bulk.json()["lane"] == "bulk"
+        wait_until_running(alice, bulk.json()["batch_id"])
+        waits = []
+        for _ in range(3):
+            started = time.perf_counter()
+            answer = bob.post("/predict/", files=image)
+            waits.append(time.perf_counter() - started)
+            assert answer.status_code == 200, answer.text
+        behind_bulk = statistics.median(waits)
+
+        # At worst the image arrives just after a batch of 16 started: it waits for that batch, then runs alone.
+        # (A 16-image batch time, measured end to end, also holds its upload: a margin of its own.)
+        assert behind_bulk <= batch_time + single, (waits, batch_time, single)
+        assert alice.get(f"/batches/{bulk.json()['batch_id']}", params={"page_size": 1}).json()["counts"][
+            "queued"] > 0, "the bulk upload was over before the urgent images came: the test proves nothing"
+        done = wait_for_batch(alice, bulk.json()["batch_id"])
+        assert done["counts"]["succeeded"] == 320
+        assert alice.get(f"/batches/{bulk.json()['batch_id']}").json()["lane"] == "bulk"
+
+
+def test_keys_with_bulk_work_take_turns(service: str, radiographs: list[Path]):
+    store = JobStore(FAIR_REDIS_URL, ttl=600)
+    with client_of(service, ALICE) as alice, client_of(service, BOB) as bob:
+        alone, _ = timed_batch(bob, files(radiographs, 48, "alone"))
+        succeeded_before = store.metrics().get("jobs_succeeded", 0)
+
+        large = alice.post("/jobs", files=files(radiographs, 480, "archive"))
+        wait_until_running(alice, large.json()["batch_id"])
+        shared, small = timed_batch(bob, files(radiographs, 48, "study"))
+        large_done = wait_for_batch(alice, large.json()["batch_id"])
+
+        # First in, first out, Bob's 48 would wait for Alice's 480: about 10 times as long as alone.
+        assert shared <= 3 * alone, (shared, alone)
+        assert small["counts"]["succeeded"] == 48 and large_done["counts"]["succeeded"] == 480
+        assert store.metrics()["jobs_succeeded"] - succeeded_before == 528  # each job succeeded exactly once
+        ids = [job["id"] for job in [*all_jobs(bob, small["id"]), *all_jobs(alice, large_done["id"])]]
+        assert all(job.deliveries == 1 for job in store.get_jobs(ids))
+    store.close()
+
+
+def test_a_worker_killed_in_the_middle_of_fair_share_loses_and_repeats_nothing(
+        radiographs: list[Path], tmp_path: Path):
+    flush(KILL_REDIS_URL)
+    settings = {"REDIS_URL": KILL_REDIS_URL, "JOB_TIMEOUT": "5"}  # redelivery after 5 + 30 s
+    first = start_worker(tmp_path / "first.log", **settings)
+    api, url = start_api(tmp_path / "api.log", API_KEYS=f"{ALICE},{BOB}", **settings)
+    events = Redis.from_url(KILL_REDIS_URL, decode_responses=True).pubsub(ignore_subscribe_messages=True)
+    events.psubscribe("pneuradnet:job:*:events")
+    second: subprocess.Popen | None = None
+    try:
+        with client_of(url, ALICE) as alice, client_of(url, BOB) as bob:
+            batches = [(alice, alice.post("/jobs", files=files(radiographs, 96, "a")).json()["batch_id"]),
+                       (bob, bob.post("/jobs", files=files(radiographs, 48, "b")).json()["batch_id"])]
+            wait_until_running(alice, batches[0][1])
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+            second = start_worker(tmp_path / "second.log", **settings)
+            finished = [wait_for_batch(client, batch_id) for client, batch_id in batches]
+            jobs = [job for client, batch_id in batches for job in all_jobs(client, batch_id)]
+    finally:
+        for process in (second, api):
+            if process is not None:
+                stop(process)
+
+    assert [batch["counts"]["succeeded"] for batch in finished] == [96, 48]
+    seen, quiet_since = [], time.monotonic()
+    while time.monotonic() - quiet_since < 1:
+        if message := events.get_message(timeout=0.1):
+            seen.append((message["channel"], message["data"]))
+            quiet_since = time.monotonic()
+    for job in jobs:
+        assert job["status"] == JobStatus.SUCCEEDED
+        assert seen.count((f"pneuradnet:job:{job['id']}:events", "succeeded")) == 1
+    flush(KILL_REDIS_URL)
