@@ -151,7 +151,9 @@ class Client:
     def get(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
         """The job's record; with `wait` (at most LONG_POLL seconds), as soon as it finishes within that time."""
         params = {"wait": f"{wait:g}"} if wait else {}
-        return self._request("GET", f"/jobs/{job_id}", params=params, read_timeout=self.timeout + wait).json()
+        job: dict[str, Any] = self._request("GET", f"/jobs/{job_id}", params=params,
+                                            read_timeout=self.timeout + wait).json()
+        return job
 
     def heatmap(self, job_id: str) -> bytes:
         """The PNG heatmap of a succeeded job submitted with explain; ServiceError 404 if it has none."""
@@ -176,7 +178,8 @@ class Client:
 
     def models(self) -> list[dict[str, Any]]:
         """The models the live workers serve: name, version, sha256, labels (in output order), runtime, workers."""
-        return self._request("GET", "/models").json()["models"]
+        models: list[dict[str, Any]] = self._request("GET", "/models").json()["models"]
+        return models
 
     def batch(self, batch_id: str, *, page_size: int = PAGE_SIZE) -> list[dict[str, Any]]:
         """Every job of the batch, in upload order, read page by page."""

@@ -5,6 +5,7 @@ Pure functions over label strings; a score whose denominator is zero is None ("u
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Evaluation:
     confusion: tuple[tuple[int, ...], ...]
     """confusion[i][j]: images of true label i predicted as label j, in `labels` order."""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "labels": list(self.labels),
             "accuracy": self.accuracy,

@@ -14,7 +14,7 @@ class Prediction:
     model_version: str
     runtime: str
     timings_ms: dict[str, float] = field(default_factory=dict)
-    source: dict | None = None
+    source: dict[str, Any] | None = None
     """Non-identifying facts about the file, for DICOM (pneuradnet.dicom.facts); None for PNG and JPEG."""
 
     @property

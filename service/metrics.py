@@ -56,8 +56,8 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker", value=sum(by_lane.values()))
         lanes = GaugeMetricFamily("pneuradnet_lane_queue_depth", "Jobs waiting for a worker, by lane",
                                   labels=["lane"])
-        for lane, count in by_lane.items():
-            lanes.add_metric([lane.value], count)
+        for lane, waiting in by_lane.items():
+            lanes.add_metric([lane.value], waiting)
         yield lanes
         yield GaugeMetricFamily("pneuradnet_bulk_keys_waiting", "API keys with bulk work waiting or running",
                                 value=self.fair_share.keys_waiting())

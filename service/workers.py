@@ -6,8 +6,10 @@ scanning the keyspace, which holds a few keys per job.
 """
 
 import time
+from typing import cast
 
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 
 from service.jobstore import now_iso
 from service.keys import WORKER_TTL, WORKERS, worker_key
@@ -24,7 +26,9 @@ class WorkerRegistry:
         """Say (again) that this model process is alive and what it serves; call every WORKER_TTL / 3."""
         now = time.time()
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(worker_key(name), mapping={**info, "name": name, "seen_at": now_iso()})
+            fields: dict[FieldT, EncodableT] = {key: value for key, value in info.items()}  # as hset takes it
+            fields |= {"name": name, "seen_at": now_iso()}
+            pipe.hset(worker_key(name), mapping=fields)
             pipe.expire(worker_key(name), WORKER_TTL)
             pipe.zadd(WORKERS, {name: now})
             pipe.zremrangebyscore(WORKERS, "-inf", now - WORKER_TTL)  # the ones that vanished without retiring
@@ -42,7 +46,7 @@ class WorkerRegistry:
 
     def live(self) -> list[dict[str, str]]:
         """The announcements of the model processes alive now."""
-        names = self._redis.zrangebyscore(WORKERS, time.time() - WORKER_TTL, "+inf")
+        names = cast(list[str], self._redis.zrangebyscore(WORKERS, time.time() - WORKER_TTL, "+inf"))  # decoded
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(worker_key(name))

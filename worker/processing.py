@@ -140,6 +140,7 @@ def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Predic
     started = time.perf_counter()
     try:
         heatmap = explainer().heatmap(image.pixels, prediction.labels.index(prediction.predicted_class))
+        assert image.decoded is not None, "an explained job's image is kept decoded (prepare_each keep_decoded)"
         png = overlay_png(image.decoded, heatmap)
     except SoftTimeLimitExceeded:
         raise

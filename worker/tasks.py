@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -98,6 +99,10 @@ class ClassifyTask(Task):
 
     @property
     def resources(self) -> ProcessResources:
+        return self.load()
+
+    def load(self) -> ProcessResources:
+        """The process's resources, loaded now if they are not yet."""
         # A prefork or solo process runs one task at a time, and worker_process_init runs before any: no lock.
         if self._resources is None:
             self._resources = load_resources(get_settings())
@@ -129,7 +134,7 @@ def use_service_logging(**_: object) -> None:
 @worker_process_init.connect
 def load_before_first_task(**_: object) -> None:
     """Right after the fork; a pool without process-init signals (solo, threads) loads on the first task instead."""
-    _ = _classify_task().resources
+    _classify_task().load()
 
 
 @worker_process_shutdown.connect
@@ -138,7 +143,7 @@ def retire(**_: object) -> None:
 
 
 def _classify_task() -> ClassifyTask:
-    return celery_app.tasks[CLASSIFY_TASK]
+    return cast(ClassifyTask, celery_app.tasks[CLASSIFY_TASK])
 
 
 @celery_app.task(name=CLASSIFY_TASK, base=ClassifyTask, bind=True)

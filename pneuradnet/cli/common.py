@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from tqdm import tqdm
 
@@ -63,7 +63,7 @@ def write_lines(lines: Sequence[str], *, stream: TextIO | None = None) -> None:
         stream.flush()
 
 
-def progress_bar(total: int, description: str | None = None, *, initial: int = 0) -> tqdm:
+def progress_bar(total: int, description: str | None = None, *, initial: int = 0) -> "tqdm[NoReturn]":
     return tqdm(total=total, initial=initial, desc=description, unit="image", file=sys.stderr, dynamic_ncols=True,
                 disable=True if total < 2 else None)  # None: tqdm shows it on a terminal only
 

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -158,7 +159,7 @@ def run_info(args: argparse.Namespace) -> Exit:
     return Exit.OK if check["ok"] else Exit.SOME_FAILED
 
 
-def self_check(classifier: Classifier) -> dict:
+def self_check(classifier: Classifier) -> dict[str, Any]:
     """Classify a uniform gray image made in memory; ok if it gives probabilities that sum to 1."""
     buffer = io.BytesIO()
     Image.new("L", SELF_CHECK_SIZE, SELF_CHECK_GRAY).save(buffer, "PNG")
@@ -172,7 +173,7 @@ def self_check(classifier: Classifier) -> dict:
     return {"ok": ok, "probabilities": list(outcome.predictions), "sum": total, "ms": elapsed_ms}
 
 
-def _format_info(description: dict) -> str:
+def _format_info(description: dict[str, Any]) -> str:
     manifest, check = description["manifest"], description["self_check"]
     size = manifest["input"]
     if check["ok"]:

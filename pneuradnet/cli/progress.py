@@ -4,7 +4,7 @@ a pipe), where a bar would be either hidden or a mess of carriage returns."""
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from tqdm import tqdm
 
@@ -31,7 +31,7 @@ class Progress:
         self._clock = clock
         self._said: tuple[int, int] | None = None  # the counts of the last plain line
         self._last_line = clock()
-        self._bar: tqdm | None = None
+        self._bar: tqdm[NoReturn] | None = None
         if self._stream.isatty():
             self._bar = tqdm(total=total, initial=initial, desc=verb, unit="image", file=self._stream,
                              dynamic_ncols=True)

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pneuradnet.cli.common import Exit, Failure, UsageError, find_images, read_file, write_lines
 from pneuradnet.cli.progress import PLAIN_INTERVAL, Progress
@@ -40,7 +41,7 @@ IDEMPOTENCY_PREFIX = "pneuradnet-submit-v1-"
 Chunk = list[tuple[Path, bytes | Failure]]
 """The files of one request, read, in order; a file that could not be read rides along as its Failure."""
 
-Row = tuple[str, dict | Failure]
+Row = tuple[str, dict[str, Any] | Failure]
 """One image's outcome: its local name (path, or ZIP path/member) and its finished job, or why it was not sent."""
 
 
@@ -102,7 +103,7 @@ def chunk_key(files: Sequence[tuple[str, bytes]]) -> str:
 def _send(client: Client, chunk: Chunk, accepted: dict[str, str], state_path: Path | None, *, api: str) -> list[Row]:
     """Upload a chunk unless a batch already holds it; its rows, with each job as accepted or as it is now."""
     sent = [(path.name, data) for path, data in chunk if isinstance(data, bytes)]
-    jobs: list[dict] = []
+    jobs: list[dict[str, Any]] = []
     if sent:
         key = chunk_key(sent)
         jobs = _jobs_of(client, accepted[key]) if key in accepted else []
@@ -117,7 +118,7 @@ def _send(client: Client, chunk: Chunk, accepted: dict[str, str], state_path: Pa
     return _pair(chunk, jobs)
 
 
-def _jobs_of(client: Client, batch_id: str) -> list[dict]:
+def _jobs_of(client: Client, batch_id: str) -> list[dict[str, Any]]:
     """The jobs of a batch accepted earlier; none if it has expired (or belongs to another service)."""
     try:
         return client.batch(batch_id)
@@ -127,7 +128,7 @@ def _jobs_of(client: Client, batch_id: str) -> list[dict]:
         raise
 
 
-def _pair(chunk: Chunk, jobs: list[dict]) -> list[Row]:
+def _pair(chunk: Chunk, jobs: list[dict[str, Any]]) -> list[Row]:
     """Each file of the chunk with its job: one per image in order, or every job for a ZIP archive (alone)."""
     sent = [data for _, data in chunk if isinstance(data, bytes)]
     zipped = len(sent) == 1 and sent[0].startswith(ZIP_MAGIC)
@@ -192,7 +193,7 @@ def _served_labels(client: Client, rows: list[Row]) -> list[str]:
     return list(dict.fromkeys(label for model in models for label in model["labels"]))
 
 
-def _json_row(row: Row) -> dict:
+def _json_row(row: Row) -> dict[str, Any]:
     """The job's record as the service answers it, plus `path`, the local file."""
     name, outcome = row
     if isinstance(outcome, Failure):
@@ -200,7 +201,7 @@ def _json_row(row: Row) -> dict:
     return {"path": name, **outcome}
 
 
-def _status(outcome: dict | Failure) -> str:
+def _status(outcome: dict[str, Any] | Failure) -> str:
     return "failed" if isinstance(outcome, Failure) else outcome["status"]
 
 
