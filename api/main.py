@@ -1,12 +1,12 @@
 """The FastAPI application: routes, error handlers and the connections they share. Never imports TensorFlow."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis as AsyncRedis
 
 from api.batcher import EnqueueBatcher
 from api.dispatch import Dispatcher
@@ -15,11 +15,14 @@ from api.limits import BodySizeLimit
 from api.notice import NoticeHeader
 from api.problems import document_problems, install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
+from api.sweeper import sweep_periodically
+from service.connections import connect_async
 from service.fairshare import FairShare
 from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
 from service.metrics import StoreCollector
 from service.queue import make_celery, send_bulk_chunks, send_classify_task
+from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
 
@@ -35,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = CollectorRegistry(auto_describe=False)
         app.state.fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
         app.state.metrics.register(StoreCollector(app.state.store, app.state.workers, app.state.fair_share))
-        app.state.async_redis = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
+        app.state.async_redis = connect_async(settings.redis_url)
         # Tasks go to the broker of these settings, which may not be the environment's.
         celery = make_celery(settings)
         batcher = EnqueueBatcher(partial(send_classify_task, app=celery, lane=Lane.INTERACTIVE),
@@ -43,9 +46,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dispatcher = Dispatcher(
             batcher=batcher, fair_share=app.state.fair_share, workers=app.state.workers, max_batch=settings.max_batch,
             send_chunks=lambda chunks, owner: send_bulk_chunks(chunks, owner=owner, app=celery))
+        reconciler = Reconciler(url=settings.redis_url, store=app.state.store, workers=app.state.workers,
+                                fair_share=app.state.fair_share, celery=celery, max_batch=settings.max_batch,
+                                sweep_interval=settings.sweep_interval)
+        sweeper = asyncio.create_task(sweep_periodically(reconciler, interval=settings.sweep_interval))
         batcher.start()
         yield
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
         await batcher.stop()
+        reconciler.close()
+        celery.close()
         await app.state.async_redis.aclose()
         app.state.fair_share.close()
         app.state.workers.close()

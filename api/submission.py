@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.dispatch import Dispatcher
 from api.problems import ProblemError
+from service.faults import fault_point
 from service.jobstore import Batch, IdempotencyConflict, Job, JobStore, Lane, QueueFull, Upload
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
@@ -56,6 +57,7 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, uploads: list[Up
                            "(MAX_QUEUE); nothing of this request was queued: retry later",
                            headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from full
     if created:
+        fault_point("api-dies-after-store")  # the batch is stored and nothing of it enqueued: the reconciler's case
         try:
             await dispatcher.dispatch([job.id for job in jobs], lane=batch.lane, owner=owner)
         except Exception as error:

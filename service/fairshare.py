@@ -15,9 +15,11 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis
 
+from service.connections import connect
 from service.keys import FAIR_OWNERS, fair_in_flight_key, fair_pending_key, fair_released_key
 
 
@@ -99,7 +101,7 @@ def window_for(live_processes: int) -> int:
 class FairShare:
     def __init__(self, url: str, *, ttl: int) -> None:
         """`ttl`: how long a key's pending chunks may wait (its jobs expire by then: JOB_TTL)."""
-        self._redis: Redis = Redis.from_url(url, decode_responses=True)
+        self._redis: Redis = connect(url)
         self._ttl = ttl
         self._admit = self._redis.register_script(_ADMIT)
         self._finish = self._redis.register_script(_FINISH)
@@ -122,6 +124,14 @@ class FairShare:
                                       fair_released_key(chunk_id)],
                                 args=[owner, chunk_id, window, now, now - IN_FLIGHT_EXPIRY, self._ttl])
         return [Chunk.from_json(text) for text in released]
+
+    def pending_job_ids(self) -> set[str]:
+        """The jobs of every key's chunks waiting their turn (not yet handed to the broker)."""
+        owners = cast(set[str], self._redis.smembers(FAIR_OWNERS))  # a decoding client
+        pipe = self._redis.pipeline(transaction=False)
+        for owner in owners:
+            pipe.lrange(fair_pending_key(owner), 0, -1)
+        return {job_id for texts in pipe.execute() for text in texts for job_id in Chunk.from_json(text).job_ids}
 
     def keys_waiting(self) -> int:
         """API keys with bulk chunks pending or in flight."""

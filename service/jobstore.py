@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from redis import Redis
 from redis.client import Pipeline
 
+from service.connections import connect
 from service.keys import (
     INTERACTIVE_QUEUED_REGISTRY,
     METRICS,
     QUEUED_REGISTRY,
     RUNNING_REGISTRY,
+    SWEEP_LOCK,
     batch_channel,
     batch_jobs_key,
     batch_key,
@@ -72,6 +73,8 @@ class JobStatus(StrEnum):
 
 
 ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {
+    # running -> queued: the reconciler hands back a job whose worker vanished (service/reconciler.py).
+    JobStatus.QUEUED: (JobStatus.RUNNING,),
     # running -> running is a redelivery after the worker holding the job died.
     JobStatus.RUNNING: (JobStatus.QUEUED, JobStatus.RUNNING),
     JobStatus.SUCCEEDED: (JobStatus.RUNNING,),
@@ -82,11 +85,13 @@ ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {
 
 _TRANSITION = """
 -- Moves one job to a new status, if the state machine allows it from the status it is in.
--- KEYS[1] job hash          KEYS[2] job image        KEYS[3] queued registry   KEYS[4] running registry
+-- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
+-- KEYS[4] running registry
 -- KEYS[5] metrics hash      KEYS[6] the job's batch hash (it may have expired)
 -- KEYS[7] interactive lane's queued registry
 -- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
--- ARGV[3] target status     ARGV[4] deadline (score in the running registry; used when the target is running)
+-- ARGV[3] target status     ARGV[4] score in the registry the target puts the job in: its deadline when running,
+--                           now when queued again
 -- ARGV[5] job channel       ARGV[6] batch channel
 -- ARGV[7..] field, value pairs to set on the job hash
 -- Returns {1, status before} when moved, {0, current status or ''} when not (gone, or not allowed).
@@ -107,6 +112,10 @@ end
 if target == 'running' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+elseif target == 'queued' then
+  local queued = KEYS[3]
+  if redis.call('HGET', KEYS[1], 'lane') == 'interactive' then queued = KEYS[7] end
+  redis.call('ZADD', queued, ARGV[4], ARGV[1])
 else
   redis.call('DEL', KEYS[2])
   if batch_exists then redis.call('PUBLISH', ARGV[6], target) end
@@ -224,9 +233,9 @@ class JobStore:
     """Synchronous access to jobs and batches in the Redis at `url`."""
 
     def __init__(self, url: str, *, ttl: int) -> None:
-        self._redis = Redis.from_url(url, decode_responses=True)
+        self._redis = connect(url)
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
-        self._raw = Redis.from_url(url)
+        self._raw = connect(url, decode=False)
         self.ttl = ttl
         self._transition = self._redis.register_script(_TRANSITION)
         self._admit = self._redis.register_script(_ADMIT)
@@ -375,6 +384,42 @@ class JobStore:
     def running_count(self) -> int:
         return self._redis.zcard(RUNNING_REGISTRY)
 
+    def requeue(self, job_id: str) -> bool:
+        """Hand a running job back to its lane's queue (its worker is gone); False if it is no longer running."""
+        return self._move(job_id, JobStatus.QUEUED, score=time.time())
+
+    def running_past(self, deadline: float) -> list[Job]:
+        """The running jobs whose deadline was before `deadline`."""
+        return self.get_jobs(cast(list[str], self._redis.zrangebyscore(RUNNING_REGISTRY, "-inf", deadline)))
+
+    def queued_since(self, moment: float) -> list[Job]:
+        """The jobs queued (submitted, or queued again) before `moment`, in either lane."""
+        pipe = self._redis.pipeline(transaction=False)
+        for registry in QUEUED_REGISTRIES.values():
+            pipe.zrangebyscore(registry, "-inf", moment)
+        return self.get_jobs([job_id for ids in pipe.execute() for job_id in ids])
+
+    def forget_expired(self) -> int:
+        """Take the ids whose records have expired out of every registry; how many were taken out.
+
+        A record and its registry entries are written together, but only the record expires (JOB_TTL): without
+        this, expired ids would count against MAX_QUEUE and in the queue-depth gauge for ever.
+        """
+        forgotten = 0
+        for registry in (*QUEUED_REGISTRIES.values(), RUNNING_REGISTRY):
+            ids = cast(list[str], self._redis.zrange(registry, 0, -1))
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.exists(job_key(job_id))
+            gone = [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True) if not exists]
+            if gone:
+                forgotten += self._redis.zrem(registry, *gone)
+        return forgotten
+
+    def take_sweep_turn(self, sweeper: str, *, interval: float) -> bool:
+        """True for the one caller in the fleet that is to sweep now; the next turn comes `interval` s later."""
+        return bool(self._redis.set(SWEEP_LOCK, sweeper, nx=True, px=int(interval * 1000)))
+
     def ping(self) -> None:
         """Raise redis' ConnectionError or TimeoutError unless Redis answers."""
         self._redis.ping()
@@ -390,9 +435,9 @@ class JobStore:
         """Every counter of the metrics hash, job counts by status included (the transition script keeps those)."""
         return {field: float(value) for field, value in _text_hash(self._redis.hgetall(METRICS)).items()}
 
-    def _move(self, job_id: str, target: JobStatus, **fields: str) -> bool:
+    def _move(self, job_id: str, target: JobStatus, *, score: float = 0.0, **fields: str) -> bool:
         pipe = self._redis.pipeline(transaction=False)
-        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, score=0.0, **fields)
+        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, score=score, **fields)
         ((moved, _),) = pipe.execute()
         return bool(moved)
 

@@ -23,6 +23,8 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
                         {"id", "jobs"} (service/fairshare.py)
 - `fair:in-flight:{owner}`  sorted set: ids of the key's chunks handed to the broker and not finished, scored by
                         when they were handed over
+- `sweep`               string: the name of the process whose turn it is to reconcile the books, expiring after
+                        SWEEP_INTERVAL (service/reconciler.py)
 - `fair:owners`         set: the keys with bulk chunks pending or in flight
 - `fair:released:{chunk}`  string: JSON list of the chunks released when this chunk finished, so that a task run
                         twice re-sends the same ones rather than releasing more
@@ -37,6 +39,7 @@ RUNNING_REGISTRY = f"{PREFIX}:registry:running"
 METRICS = f"{PREFIX}:metrics"
 WORKERS = f"{PREFIX}:workers"
 FAIR_OWNERS = f"{PREFIX}:fair:owners"
+SWEEP_LOCK = f"{PREFIX}:sweep"
 
 WORKER_TTL = 30
 """Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""

@@ -4,11 +4,15 @@ The API only enqueues; workers (worker.app) consume. Importing this module is ch
 code lives in worker.tasks, named here as a string so that only Celery itself loads it, in workers.
 """
 
+import base64
+import json
 from collections.abc import Sequence
 
 from celery import Celery
 from kombu import Queue
+from redis import Redis
 
+from service.connections import CONNECT_TIMEOUT, HEALTH_CHECK_INTERVAL
 from service.fairshare import Chunk
 from service.jobstore import Lane
 from service.settings import Settings
@@ -30,6 +34,9 @@ VISIBILITY_MARGIN = 30
 
 RESTORE_INTERVAL = 5
 """Seconds between a worker's sweeps for tasks whose worker vanished without acknowledging them."""
+
+BROKER_SOCKET_TIMEOUT = 10
+"""Seconds a broker command may wait for its answer."""
 
 
 def visibility_timeout(settings: Settings) -> int:
@@ -56,7 +63,19 @@ def make_celery(settings: Settings) -> Celery:
         # task left unacknowledged and so redelivered, until MAX_DELIVERIES fails its jobs.
         task_soft_time_limit=settings.job_timeout,
         task_time_limit=settings.job_timeout + HARD_LIMIT_MARGIN,
+        # A task that raises is rejected without being requeued, not acknowledged: the task catches everything an
+        # image can do, so what escapes is the service's own failure. A lost job store is the one it hands back
+        # (worker.tasks: Reject with requeue); anything else leaves its jobs to the reconciler, which dispatches
+        # them again past their deadline, never to a task that loops on the same failure.
         task_acks_on_failure_or_timeout=False,
+        # When the broker connection drops, a running task could not be acknowledged any more: it is stopped, and
+        # its message, still unacknowledged in Redis (kept across a restart by the append-only file), is handed out
+        # again after the visibility timeout; jobs it had finished are not run twice.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Reconnect to the broker for as long as it takes (Celery's default gives up after 100 tries and the
+        # worker exits); the job store's clients reconnect by themselves (service/connections.py).
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         # The redis transport re-delivers an unacknowledged task after the visibility timeout (default 1 h):
         # keep it just above the longest a task may run, and look for such tasks often.
         broker_transport_options={
@@ -64,6 +83,14 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": visibility_timeout(settings),
             "unacked_restore_interval": RESTORE_INTERVAL,
             "unacked_restore_throttle": 1,
+            # The same reasons as the job store's connections (service/connections.py): idle sockets checked
+            # before use, dead peers probed, a silent one noticed within BROKER_SOCKET_TIMEOUT (above the 1 s
+            # BRPOP poll, so an idle queue is never mistaken for a dead Redis).
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "socket_keepalive": True,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "retry_on_timeout": True,
         },
         broker_connection_retry_on_startup=True,
         # Each pool process loads the model in worker_process_init, which takes longer than Celery's 4 s default.
@@ -71,6 +98,25 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+UNACKED = "unacked"
+"""kombu's Redis hash of the messages workers have taken and not acknowledged (its transport's `unacked_key`)."""
+
+
+def job_ids_in_broker(redis: Redis) -> set[str]:
+    """The ids of every job a classify task on the broker names: waiting in either lane's queue, or taken by a
+    worker and not acknowledged. Read from kombu's Redis layout: a message is a JSON envelope whose base64 body is
+    Celery's [args, kwargs, embed]; an unacknowledged one is kept as [message, exchange, routing key]."""
+    envelopes = [json.loads(raw) for queue in QUEUES.values() for raw in redis.lrange(queue, 0, -1)]
+    envelopes += [json.loads(entry)[0] for entry in redis.hvals(UNACKED)]
+    job_ids: set[str] = set()
+    for envelope in envelopes:
+        if envelope.get("headers", {}).get("task") != CLASSIFY_TASK:
+            continue
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        job_ids.update(args[0])
+    return job_ids
 
 
 def send_classify_task(job_ids: Sequence[str], *, app: Celery, lane: Lane = Lane.BULK) -> None:

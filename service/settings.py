@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     """Most elongated image that is classified (longest side over shortest); beyond it the job fails."""
     job_timeout: int = Field(default=60, gt=0)
     """Seconds a task (up to MAX_BATCH images) may run before it is stopped and its jobs fail."""
+    sweep_interval: float = Field(default=30.0, gt=0)
+    """Seconds between sweeps of the reconciler (service/reconciler.py), which one process of the fleet runs in
+    turn: expired ids leave the registries, jobs of vanished workers and jobs without a task are dispatched again."""
     max_deliveries: int = Field(default=3, gt=0)
     """Times a job may be handed to a worker; a job whose worker keeps dying fails after this many."""
 

@@ -6,18 +6,20 @@ scanning the keyspace, which holds a few keys per job.
 """
 
 import time
+from collections.abc import Sequence
 from typing import cast
 
 from redis import Redis
 from redis.typing import EncodableT, FieldT
 
+from service.connections import connect
 from service.jobstore import now_iso
 from service.keys import WORKER_TTL, WORKERS, worker_key
 
 
 class WorkerRegistry:
     def __init__(self, url: str) -> None:
-        self._redis: Redis = Redis.from_url(url, decode_responses=True)
+        self._redis: Redis = connect(url)
 
     def close(self) -> None:
         self._redis.close()
@@ -33,6 +35,18 @@ class WorkerRegistry:
             pipe.zadd(WORKERS, {name: now})
             pipe.zremrangebyscore(WORKERS, "-inf", now - WORKER_TTL)  # the ones that vanished without retiring
             pipe.execute()
+
+    def hold(self, name: str, job_ids: Sequence[str]) -> None:
+        """Say which jobs this process is working on now (none: an empty list); the reconciler leaves those alone."""
+        self._redis.hset(worker_key(name), "holding", ",".join(job_ids))
+
+    def holds(self, name: str, job_id: str) -> bool:
+        """Whether the model process `name` is alive and working on this job."""
+        heard = self._redis.zscore(WORKERS, name)
+        if heard is None or heard < time.time() - WORKER_TTL:
+            return False
+        holding = cast(str | None, self._redis.hget(worker_key(name), "holding"))  # a decoding client
+        return job_id in (holding or "").split(",")
 
     def retire(self, name: str) -> None:
         with self._redis.pipeline(transaction=True) as pipe:

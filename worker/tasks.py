@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pneuradnet.classifier import Classifier
 from pneuradnet.explain import GradCam
@@ -34,6 +36,7 @@ from service.keys import WORKER_TTL
 from service.logs import configure_logging
 from service.problems import problem
 from service.queue import CLASSIFY_TASK, send_bulk_chunks
+from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
 from worker.app import celery_app
@@ -51,6 +54,7 @@ class ProcessResources:
     store: JobStore
     registry: WorkerRegistry
     fair_share: FairShare
+    reconciler: Reconciler
     classifier: Classifier
     explainer: LazyExplainer | None
     """None when explanations are off: jobs with explain then get no heatmap, and TensorFlow is never loaded for it."""
@@ -63,6 +67,8 @@ def load_resources(settings: Settings) -> ProcessResources:
     store = JobStore(settings.redis_url, ttl=settings.job_ttl)
     registry = WorkerRegistry(settings.redis_url)
     fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
+    reconciler = Reconciler(url=settings.redis_url, store=store, workers=registry, fair_share=fair_share,
+                            celery=celery_app, max_batch=settings.max_batch, sweep_interval=settings.sweep_interval)
     classifier = Classifier.load(
         settings.model_manifest,
         model_path=settings.model_path,
@@ -84,8 +90,8 @@ def load_resources(settings: Settings) -> ProcessResources:
         "threads": str(settings.inference_threads), "loaded_at": now_iso(),
     }
     resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store, registry=registry,
-                                 fair_share=fair_share, classifier=classifier, explainer=explainer,
-                                 announcement=announcement)
+                                 fair_share=fair_share, reconciler=reconciler, classifier=classifier,
+                                 explainer=explainer, announcement=announcement)
     registry.announce(resources.name, announcement)
     log.info("model %s %s loaded from %s (%s, %d threads)", manifest.name, manifest.version,
              classifier.model_file, classifier.runtime.name, settings.inference_threads)
@@ -107,12 +113,24 @@ class ClassifyTask(Task):
         if self._resources is None:
             self._resources = load_resources(get_settings())
             threading.Thread(target=_heartbeat, args=(self._resources,), name="heartbeat", daemon=True).start()
+            threading.Thread(target=_sweep, args=(self._resources, get_settings().sweep_interval), name="sweeper",
+                             daemon=True).start()
         return self._resources
 
     def retire(self) -> None:
         """Leave the worker registry at once rather than when the announcement expires (if this process had joined)."""
         if self._resources is not None:
             self._resources.registry.retire(self._resources.name)
+
+
+def _sweep(resources: ProcessResources, interval: float) -> None:
+    """Take the reconciler's turn when it comes (service/reconciler.py): every process offers, one sweeps."""
+    stopped = threading.Event()
+    while not stopped.wait(interval / 2):
+        try:
+            resources.reconciler.sweep_if_due(resources.name)
+        except Exception:  # Redis away, or a bug: the next turn tries again; a sweep never costs the worker
+            log.warning("the reconciler's sweep failed", exc_info=True)
 
 
 def _heartbeat(resources: ProcessResources) -> None:
@@ -152,12 +170,20 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
     resources = self.resources
     settings = get_settings()
     try:
-        process_jobs(job_ids, store=resources.store, classifier=resources.classifier,
-                     job_timeout=settings.job_timeout, max_deliveries=settings.max_deliveries,
-                     worker=resources.name, explainer=resources.explainer)
-    except SoftTimeLimitExceeded:
-        fail_unfinished(job_ids, store=resources.store, error=problem(
-            "job-timeout", "Job timeout", 504, f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
+        resources.registry.hold(resources.name, job_ids)
+        try:
+            process_jobs(job_ids, store=resources.store, classifier=resources.classifier,
+                         job_timeout=settings.job_timeout, max_deliveries=settings.max_deliveries,
+                         worker=resources.name, explainer=resources.explainer)
+        except SoftTimeLimitExceeded:
+            fail_unfinished(job_ids, store=resources.store, error=problem(
+                "job-timeout", "Job timeout", 504,
+                f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
+        resources.registry.hold(resources.name, [])
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        # The job store went away mid-task (a restart, a partition): hand the task back to the queue rather than
+        # drop it; if Redis cannot take it back yet, it stays unacknowledged and is handed out again later.
+        raise Reject(f"the job store does not answer ({error})", requeue=True) from error
     if chunk is not None:
         # Sent before this task is acknowledged: a worker that dies in between runs it again, and the release
         # then answers the same chunks (sending one twice is harmless, losing one is not).

@@ -1,0 +1,126 @@
+"""The reconciler on a real Redis, with no worker consuming its database: what each sweep finds and puts right.
+(tests/worker/test_healing.py drives it with real processes, through a Redis restart and a dead API.)"""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+from service import reconciler as reconciler_module
+from service.fairshare import FairShare
+from service.jobstore import JobStatus, JobStore, Lane, Upload
+from service.keys import fair_pending_key
+from service.queue import job_ids_in_broker, make_celery, send_classify_task
+from service.reconciler import RUNNING_MARGIN, Reconciler
+from service.settings import Settings
+from service.workers import WorkerRegistry
+
+URL = "redis://127.0.0.1:6379/10"
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    client = Redis.from_url(URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def parts(redis: Redis) -> Iterator[tuple[JobStore, WorkerRegistry, Reconciler]]:
+    store, workers, fair_share = JobStore(URL, ttl=600), WorkerRegistry(URL), FairShare(URL, ttl=600)
+    celery = make_celery(Settings(redis_url=URL))
+    reconciler = Reconciler(url=URL, store=store, workers=workers, fair_share=fair_share, celery=celery,
+                            max_batch=16, sweep_interval=30)
+    yield store, workers, reconciler
+    for part in (reconciler, fair_share, workers, store):
+        part.close()
+    celery.close()
+
+
+def submit(store: JobStore, count: int = 1, **options: object) -> list:
+    _, jobs, _ = store.create_batch([Upload(f"{n}.png", b"png bytes") for n in range(count)], **options)
+    return jobs
+
+
+def test_expired_ids_leave_every_registry(redis: Redis, parts):
+    _, _, reconciler = parts
+    short = JobStore(URL, ttl=1)
+    _, running = submit(short, 2)
+    short.start(running.id, deadline=time.time() + 60)
+    time.sleep(1.2)  # the records expire; nothing else takes their ids out of the registries
+
+    assert short.queued_count() == 1 and short.running_count() == 1
+    assert reconciler.sweep().expired == 2
+    assert short.queued_count() == 0 and short.running_count() == 0
+    short.close()
+
+
+def test_a_running_job_whose_worker_vanished_is_queued_again_and_dispatched(parts):
+    store, _, reconciler = parts
+    (job,) = submit(store)
+    store.start(job.id, deadline=time.time() - RUNNING_MARGIN - 1, worker="gone-host:42")
+
+    assert reconciler.sweep().requeued == 1
+
+    requeued = store.get_job(job.id)
+    assert requeued.status is JobStatus.QUEUED and requeued.deliveries == 1  # MAX_DELIVERIES still counts it
+    assert store.images([job.id]) == [b"png bytes"]
+    assert job.id in job_ids_in_broker(Redis.from_url(URL))
+
+
+def test_a_job_its_live_worker_still_works_on_is_left_alone(parts):
+    store, workers, reconciler = parts
+    (job,) = submit(store)
+    workers.announce("busy-host:7", {"model_name": "m"})
+    workers.hold("busy-host:7", [job.id])
+    store.start(job.id, deadline=time.time() - RUNNING_MARGIN - 1, worker="busy-host:7")
+
+    assert reconciler.sweep().requeued == 0
+    assert store.get_job(job.id).status is JobStatus.RUNNING
+
+    workers.hold("busy-host:7", [])  # its task ended without finishing the job (e.g. cut off from Redis)
+    assert reconciler.sweep().requeued == 1
+
+
+def test_a_queued_job_without_a_task_is_dispatched_in_its_lane(parts, monkeypatch: pytest.MonkeyPatch):
+    store, _, reconciler = parts
+    monkeypatch.setattr(reconciler_module, "STRANDED_AFTER", 0.2)
+    stranded = submit(store, 2, lane=Lane.INTERACTIVE)
+    bulk = submit(store, 3, owner="team-a")
+    enqueued = submit(store, lane=Lane.INTERACTIVE)
+    send_classify_task([enqueued[0].id], app=make_celery(Settings(redis_url=URL)), lane=Lane.INTERACTIVE)
+    time.sleep(0.3)
+
+    assert reconciler.sweep().redispatched == 5
+
+    in_broker = job_ids_in_broker(Redis.from_url(URL))
+    assert {job.id for job in [*stranded, *bulk, *enqueued]} <= in_broker
+    assert reconciler.sweep().redispatched == 0  # now each has its task: nothing is dispatched twice
+
+
+def test_bulk_jobs_without_a_task_wait_their_keys_turn(redis: Redis, parts, monkeypatch: pytest.MonkeyPatch):
+    store, _, reconciler = parts
+    monkeypatch.setattr(reconciler_module, "STRANDED_AFTER", 0.2)
+    submit(store, 16 * 5, owner="team-a")  # five chunks; no worker alive: a window of two
+    time.sleep(0.3)
+
+    reconciler.sweep()
+
+    assert redis.llen(fair_pending_key("team-a")) == 3
+    assert reconciler.sweep().redispatched == 0  # chunks waiting their turn are not stranded
+
+
+def test_one_process_of_the_fleet_sweeps_each_interval(parts):
+    store, workers, reconciler = parts
+    fair_share = FairShare(URL, ttl=600)
+    other = Reconciler(url=URL, store=store, workers=workers, fair_share=fair_share,
+                       celery=make_celery(Settings(redis_url=URL)), max_batch=16, sweep_interval=30)
+
+    assert reconciler.sweep_if_due("worker-1") is not None
+    assert other.sweep_if_due("api-1") is None
+    assert reconciler.sweep_if_due("worker-1") is None
+    other.close()
+    fair_share.close()
