@@ -325,6 +325,8 @@ def _behind_bulk(a: httpx.Client, b: httpx.Client, bulk: list[Path], radiographs
         "single_ms": {"p50": statistics.median(latencies), "max": max(latencies), "all": latencies},
         "queue_wait_ms": [entry["queue_wait_ms"] for entry in landed],
         "landed_at_fraction_of_bulk_batch": [entry["fraction"] for entry in landed],
+        "between_batches_ms_before_next": [entry["ms_before_next_batch"] for entry in landed
+                                           if "ms_before_next_batch" in entry],
         "bulk_batch_of_16_ms": {"median": statistics.median(chunk_seconds) * 1000,
                                 "max": max(chunk_seconds) * 1000},
         "bulk_finished_before_last_single": bulk_done_before_last_answer,
@@ -354,11 +356,14 @@ def _seconds(timestamp: str) -> float:
 
 def _landing(client: httpx.Client, answer: Answer, chunks: list[tuple[float, float]]) -> dict:
     """How long an interactive job waited in the queue, and how far into the bulk batch then running it arrived
-    (None: no bulk batch was running: it arrived between two, or after the last)."""
+    (fraction None: between two bulk batches; then how long before the next one started, if one did)."""
     job = client.get(f"/jobs/{answer.job_id}").json()
     created, started = _seconds(job["created_at"]), _seconds(job["started_at"])
     fraction = next(((created - start) / (end - start) for start, end in chunks if start <= created < end), None)
-    return {"queue_wait_ms": (started - created) * 1000, "fraction": fraction}
+    following = [start for start, _ in chunks if start >= created]
+    return {"queue_wait_ms": (started - created) * 1000, "fraction": fraction,
+            **({"ms_before_next_batch": (min(following) - created) * 1000}
+               if fraction is None and following else {})}
 
 
 def _throughput(meter: CpuMeter, a: httpx.Client, b: httpx.Client, bulk: list[Path], radiographs: list[Path],
@@ -442,7 +447,10 @@ def _table(report: dict) -> str:
          f"{behind['bulk_batch_of_16_ms']['median']:.0f} ms", f"{behind['bulk_batch_of_16_ms']['max']:.0f} ms", ""),
     ])
     lines.append(f"arrived at {', '.join(f'{fraction:.0%}' for fraction in sorted(landed))} of a bulk batch "
-                 f"({len(landed)} of {len(behind['queue_wait_ms'])} while one ran)"
+                 f"({len(landed)} of {len(behind['queue_wait_ms'])} while one ran"
+                 + "".join(f"; one {ahead:.0f} ms before the next began"
+                           for ahead in behind["between_batches_ms_before_next"])
+                 + ")"
                  + ("; the bulk finished before the last" if behind["bulk_finished_before_last_single"] else ""))
     lines.append("")
     rows = [(f"bulk of {n} images (key A)", "bulk images/s", "total images/s", "each run: bulk images/s "
