@@ -1,80 +1,171 @@
-"""Turning an upload (images, or ZIP archives of images) into named byte strings, within the limits.
+"""Turning an upload (images, or ZIP archives of images) into the images of a batch, within the limits, one by one.
 
-Nothing is written to disk here: archives are read in memory, so a member's name is only a label and a
-path-traversal name cannot escape anywhere.
+FastAPI has spooled the body before the route runs (each file past 1 MiB on disk). A request is first *planned*
+from what is cheap to read, each file's size and first bytes and each archive's central directory, and refused
+whole, before any job exists, if it breaks a limit: too many images, too many bytes sent or unzipped, a ZIP that
+cannot be read or that would expand like a bomb. Its images are then *read* one at a time, so the API never holds
+an archive and its contents at once, nor all the contents: the caller stores them a chunk at a time. A member that
+turns out unreadable (a CRC that does not match, a size its directory lied about) fails its own job.
+
+Nothing is extracted to disk: a member's name is only a label, and a path-traversal name cannot escape anywhere.
 """
 
-import io
+import hashlib
 import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import IO
 
 from fastapi import UploadFile
 
 from api.problems import ProblemError
 from service.jobstore import Upload
+from service.problems import problem
 
 ZIP_MAGIC = b"PK\x03\x04"
 
 MAX_ZIP_RATIO = 200
 """Largest uncompressed/compressed ratio of a ZIP member; radiographs compress far less, bombs far more."""
 
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError, ValueError,
+               zlib.error)
+"""What zipfile raises for an archive or member it cannot read: a bad CRC or directory (BadZipFile), an unknown
+compression (NotImplementedError), encryption (RuntimeError), a cut or corrupt deflate stream (EOFError, zlib)."""
 
-async def read_uploads(files: list[UploadFile], *, max_bytes: int, max_unzipped_bytes: int,
-                       max_files: int) -> list[Upload]:
-    """The images of a request: loose files, and the members of ZIP archives.
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One image of the request, not read yet."""
+
+    filename: str
+    digest: bytes
+    """What identifies its content for an Idempotency-Key: an archive member's size and CRC-32 (from the central
+    directory, so nothing is decompressed to compare), a loose file's SHA-256."""
+    read: Callable[[], Upload]
+
+
+@dataclass
+class UploadPlan:
+    images: list[PlannedImage]
+    _archives: list[zipfile.ZipFile] = field(default_factory=list)
+
+    def fingerprint(self, *, explain: bool) -> str:
+        """The same files (names and contents) and the same `explain` give the same fingerprint."""
+        digest = hashlib.sha256(b"pneuradnet-upload-v2")
+        for image in self.images:
+            for part in (image.filename.encode(), image.digest):
+                digest.update(len(part).to_bytes(8, "big"))
+                digest.update(part)
+        if explain:
+            digest.update(b"explain")
+        return digest.hexdigest()
+
+    def read(self) -> Iterator[Upload]:
+        """The images, in upload order, read one by one."""
+        for image in self.images:
+            yield image.read()
+
+    def close(self) -> None:
+        for archive in self._archives:
+            archive.close()
+
+
+def plan_uploads(files: list[UploadFile], *, max_bytes: int, max_unzipped_bytes: int, max_files: int) -> UploadPlan:
+    """The images of a request: loose files, and the members of ZIP archives, checked against the limits.
 
     `max_bytes` bounds what the client sent (files and archives as uploaded); `max_unzipped_bytes` bounds, apart,
     what the request's archives expand to, so an archive counts once against each limit, never twice against one.
+    Blocking (it reads the spooled files): call it in a thread.
     """
-    uploads: list[Upload] = []
+    plan = UploadPlan(images=[])
     sent = 0
-    unzipped_budget = max_unzipped_bytes
-    for file in files:
-        data = await file.read()
-        sent += len(data)
-        if sent > max_bytes:
-            raise _too_large(max_bytes)
-        name = _clean_name(file.filename or "upload")
-        if data.startswith(ZIP_MAGIC):
-            members = _unzip(data, archive=name, max_bytes=unzipped_budget, max_files=max_files - len(uploads))
-            unzipped_budget -= sum(len(member.data) for member in members)
-            uploads.extend(members)
-        else:
-            uploads.append(Upload(filename=name, data=data))
-        if len(uploads) > max_files:
-            raise _too_many(max_files)
-    if not uploads:
-        raise ProblemError(422, "no-files", "no images were uploaded: send them in the multipart field `files`")
-    return uploads
-
-
-def _unzip(data: bytes, *, archive: str, max_bytes: int, max_files: int) -> list[Upload]:
+    unzipped = 0
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zip_file:
-            members = [info for info in zip_file.infolist() if _is_image_candidate(info)]
-            if len(members) > max_files:
+        for file in files:
+            size = file.file.seek(0, 2)
+            file.file.seek(0)
+            sent += size
+            if sent > max_bytes:
+                raise _too_large(max_bytes)
+            name = _clean_name(file.filename or "upload")
+            if file.file.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
+                archive = _open_archive(file.file, name)
+                plan._archives.append(archive)
+                members = [info for info in archive.infolist() if _is_image_candidate(info)]
+                unzipped += sum(info.file_size for info in members)
+                _check_members(members, archive=name, unzipped=unzipped, max_unzipped_bytes=max_unzipped_bytes)
+                plan.images += [PlannedImage(_clean_name(info.filename), _member_digest(info),
+                                             _member_reader(archive, info, name)) for info in members]
+            else:
+                plan.images.append(_loose(file.file, name))
+            if len(plan.images) > max_files:
                 raise _too_many(max_files)
-            if sum(info.file_size for info in members) > max_bytes:
-                raise ProblemError(413, "upload-too-large", f"the images in {archive} (with the request's other "
-                                   "archives) expand to more than the limit of "
-                                   f"{max_bytes:,} bytes (MAX_UNZIPPED_BYTES); split them into several requests")
-            for info in members:
-                if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
-                    raise ProblemError(422, "zip-bomb", f"{archive}: member {info.filename!r} expands "
-                                       f"{info.file_size / info.compress_size:.0f}-fold; refused as a ZIP bomb")
-            return [Upload(filename=_clean_name(info.filename), data=_read_member(zip_file, info, max_bytes))
-                    for info in members]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as error:
-        raise ProblemError(422, "invalid-zip", f"{archive} is not a readable ZIP archive ({error})") from error
+        if not plan.images:
+            raise ProblemError(422, "no-files", "no images were uploaded: send them in the multipart field `files`")
+    except BaseException:
+        plan.close()
+        raise
+    return plan
 
 
-def _read_member(zip_file: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
-    # The sizes in the directory may lie: read no more than allowed, whatever they say.
-    with zip_file.open(info) as member:
-        data = member.read(max_bytes + 1)
-    if len(data) > max_bytes or len(data) != info.file_size:
-        raise ProblemError(422, "invalid-zip", f"member {info.filename!r} is not the size its archive declares")
-    return data
+def _loose(spooled: IO[bytes], name: str) -> PlannedImage:
+    spooled.seek(0)
+    digest = hashlib.sha256()
+    while block := spooled.read(1 << 20):
+        digest.update(block)
+
+    def read() -> Upload:
+        spooled.seek(0)
+        return Upload(filename=name, data=spooled.read())
+
+    return PlannedImage(name, digest.digest(), read)
+
+
+def _open_archive(spooled: IO[bytes], name: str) -> zipfile.ZipFile:
+    spooled.seek(0)
+    try:
+        return zipfile.ZipFile(spooled)
+    except _ZIP_ERRORS as error:
+        raise ProblemError(422, "invalid-zip", f"{name} is not a readable ZIP archive ({error})") from error
+
+
+def _check_members(members: list[zipfile.ZipInfo], *, archive: str, unzipped: int, max_unzipped_bytes: int) -> None:
+    if unzipped > max_unzipped_bytes:
+        raise ProblemError(413, "upload-too-large", f"the images in {archive} (with the request's other archives) "
+                           f"expand to more than the limit of {max_unzipped_bytes:,} bytes (MAX_UNZIPPED_BYTES); "
+                           "split them into several requests")
+    for info in members:
+        if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
+            raise ProblemError(422, "zip-bomb", f"{archive}: member {info.filename!r} expands "
+                               f"{info.file_size / info.compress_size:.0f}-fold; refused as a ZIP bomb")
+
+
+def _member_digest(info: zipfile.ZipInfo) -> bytes:
+    return info.file_size.to_bytes(8, "big") + info.CRC.to_bytes(4, "big")
+
+
+def _member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_name: str) -> Callable[[], Upload]:
+    name = _clean_name(info.filename)
+
+    def read() -> Upload:
+        try:
+            # The directory's sizes may lie: read no more than it declares, whatever the member holds.
+            with archive.open(info) as member:
+                data = member.read(info.file_size + 1)
+        except _ZIP_ERRORS as error:
+            return _unreadable(name, f"member {info.filename!r} of {archive_name} cannot be read ({error})")
+        if len(data) != info.file_size:
+            return _unreadable(name, f"member {info.filename!r} of {archive_name} is not the size its archive "
+                                     "declares")
+        return Upload(filename=name, data=data)
+
+    return read
+
+
+def _unreadable(name: str, detail: str) -> Upload:
+    return Upload(filename=name, data=b"", error=problem("invalid-zip-member", "Invalid ZIP member", 422, detail))
 
 
 def _is_image_candidate(info: zipfile.ZipInfo) -> bool:
@@ -97,3 +188,4 @@ def _too_large(max_bytes: int) -> ProblemError:
 def _too_many(max_files: int) -> ProblemError:
     return ProblemError(413, "too-many-files", f"more than {max_files} images in one request "
                         "(MAX_FILES_PER_REQUEST); split them into several requests")
+

@@ -17,8 +17,10 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 
+from service import scripts
 from service.connections import connect
 from service.keys import (
+    ADMISSIONS,
     INTERACTIVE_QUEUED_REGISTRY,
     METRICS,
     QUEUED_REGISTRY,
@@ -83,85 +85,10 @@ ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {
 }
 """The state machine: for each target status, the statuses a job may move to it from."""
 
-_TRANSITION = """
--- Moves one job to a new status, if the state machine allows it from the status it is in.
--- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
--- KEYS[4] running registry
--- KEYS[5] metrics hash      KEYS[6] the job's batch hash (it may have expired)
--- KEYS[7] interactive lane's queued registry
--- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
--- ARGV[3] target status     ARGV[4] score in the registry the target puts the job in: its deadline when running,
---                           now when queued again
--- ARGV[5] job channel       ARGV[6] batch channel
--- ARGV[7..] field, value pairs to set on the job hash
--- Returns {1, status before} when moved, {0, current status or ''} when not (gone, or not allowed).
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {0, ''} end
-if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {0, status} end
-local target = ARGV[3]
-redis.call('HSET', KEYS[1], 'status', target)
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[7], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-local batch_exists = redis.call('EXISTS', KEYS[6]) == 1
-if batch_exists then
-  redis.call('HINCRBY', KEYS[6], status, -1)
-  redis.call('HINCRBY', KEYS[6], target, 1)
-end
-if target == 'running' then
-  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-elseif target == 'queued' then
-  local queued = KEYS[3]
-  if redis.call('HGET', KEYS[1], 'lane') == 'interactive' then queued = KEYS[7] end
-  redis.call('ZADD', queued, ARGV[4], ARGV[1])
-else
-  redis.call('DEL', KEYS[2])
-  if batch_exists then redis.call('PUBLISH', ARGV[6], target) end
-end
-redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
-redis.call('PUBLISH', ARGV[5], target)
-return {1, status}
-"""
 
 
-_ADMIT = """
--- Admits a batch whole, or nothing of it: a repeat of an idempotent submission answers the batch it names, a batch
--- that would overflow MAX_QUEUE is refused, and otherwise the batch, its jobs and their images are stored queued.
--- KEYS[1] batch hash   KEYS[2] batch's job list   KEYS[3] idempotency key (unused without one)
--- KEYS[4] the lane's queued registry   KEYS[5] the other lane's queued registry   KEYS[6] metrics hash
--- KEYS[7..] per job: its hash, its image
--- ARGV[1] MAX_QUEUE (-1: no limit)   ARGV[2] TTL   ARGV[3] queued score (now)   ARGV[4] created_at   ARGV[5] owner
--- ARGV[6] explain ('1' or '0')   ARGV[7] lane   ARGV[8] batch id
--- ARGV[9] what the idempotency key is to hold (JSON), '' without one   ARGV[10..] per job: id, filename, bytes
--- Returns {'repeat', what the idempotency key holds}, {'full', jobs queued now} or {'created'}.
-if ARGV[9] ~= '' then
-  local earlier = redis.call('GET', KEYS[3])
-  if earlier then return {'repeat', earlier} end
-end
-local count = (#ARGV - 9) / 3
-local queued = redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[5])
-if tonumber(ARGV[1]) >= 0 and queued + count > tonumber(ARGV[1]) then return {'full', tostring(queued)} end
-local ttl = ARGV[2]
-redis.call('HSET', KEYS[1], 'created_at', ARGV[4], 'total', count, 'owner', ARGV[5], 'lane', ARGV[7],
-           'queued', count)
-redis.call('EXPIRE', KEYS[1], ttl)
-for i = 0, count - 1 do
-  local id, filename, data = ARGV[10 + 3 * i], ARGV[11 + 3 * i], ARGV[12 + 3 * i]
-  local record, image = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
-  redis.call('RPUSH', KEYS[2], id)
-  redis.call('HSET', record, 'id', id, 'batch_id', ARGV[8], 'status', 'queued', 'filename', filename,
-             'created_at', ARGV[4], 'deliveries', '0', 'owner', ARGV[5], 'explain', ARGV[6], 'lane', ARGV[7])
-  redis.call('EXPIRE', record, ttl)
-  redis.call('SET', image, data, 'EX', ttl)
-  redis.call('ZADD', KEYS[4], ARGV[3], id)
-end
-if count > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-if ARGV[9] ~= '' then redis.call('SET', KEYS[3], ARGV[9], 'EX', ttl) end
-redis.call('HINCRBY', KEYS[6], 'jobs_submitted', count)
-return {'created'}
-"""
+
+
 
 
 @dataclass(frozen=True)
@@ -212,6 +139,9 @@ class Batch:
     counts: dict[JobStatus, int]
     """How many of the batch's jobs are in each status, kept by the transition script."""
     lane: Lane = Lane.BULK
+    explain: bool = False
+    interrupted: int = 0
+    """Images of the upload never stored because admission was cut short (its API died): `total` leaves them out."""
 
     @property
     def finished(self) -> int:
@@ -227,6 +157,9 @@ class Batch:
 class Upload:
     filename: str
     data: bytes
+    error: dict[str, Any] | None = None
+    """Why this image cannot be classified, known at upload (e.g. an unreadable ZIP member): its job is stored
+    failed with this problem, and never queued."""
 
 
 class JobStore:
@@ -237,8 +170,10 @@ class JobStore:
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
         self._raw = connect(url, decode=False)
         self.ttl = ttl
-        self._transition = self._redis.register_script(_TRANSITION)
-        self._admit = self._redis.register_script(_ADMIT)
+        self._transition = self._redis.register_script(scripts.TRANSITION)
+        self._open_batch = self._redis.register_script(scripts.OPEN_BATCH)
+        self._add_jobs = self._redis.register_script(scripts.ADD_JOBS)
+        self._close_admission = self._redis.register_script(scripts.CLOSE_ADMISSION)
 
     def close(self) -> None:
         self._redis.close()
@@ -247,44 +182,80 @@ class JobStore:
     def create_batch(self, uploads: Sequence[Upload], *, owner: str = "", idempotency: str | None = None,
                      explain: bool = False, lane: Lane = Lane.BULK,
                      max_queue: int | None = None) -> tuple[Batch, list[Job], bool]:
-        """Store a batch, its jobs and their images in one atomic step; every job starts queued in `lane`.
-
-        With an idempotency key, a repeat of the same uploads (and the same `explain`) returns the batch first
-        created (and False: nothing new to enqueue); other uploads under a used key raise IdempotencyConflict.
-        A batch that would put more than `max_queue` jobs in the queue raises QueueFull, and nothing is stored.
-        """
-        # Only a keyed submission is fingerprinted: a bulk upload without a key need not hash all its bytes.
+        """Store a batch whose images are all at hand (open_batch, add_jobs, close_admission): the batch and its
+        jobs, and False instead of True when an idempotent repeat answered an earlier batch."""
         fingerprint = _fingerprint(uploads, explain=explain) if idempotency is not None else ""
-        created_at = now_iso()
-        batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=len(uploads), owner=owner,
-                      counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: len(uploads)}, lane=lane)
-        jobs = [Job(id=str(uuid.uuid4()), batch_id=batch.id, status=JobStatus.QUEUED, filename=upload.filename,
-                    created_at=created_at, owner=owner, explain=explain, lane=lane) for upload in uploads]
-        other_lane = Lane.INTERACTIVE if lane is Lane.BULK else Lane.BULK
-        keys = [batch_key(batch.id), batch_jobs_key(batch.id),
-                idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
-                QUEUED_REGISTRIES[lane], QUEUED_REGISTRIES[other_lane], METRICS,
-                *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))]
-        remembered = json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}) if idempotency is not None else ""
-        answer = self._admit(keys=keys, args=[
-            -1 if max_queue is None else max_queue, self.ttl, time.time(), created_at, owner,
-            "1" if explain else "0", lane.value, batch.id, remembered,
-            *(item for job, upload in zip(jobs, uploads, strict=True) for item in (job.id, job.filename, upload.data)),
-        ])
-        if answer[0] == "repeat":
-            assert idempotency is not None
-            return (*self._repeat(json.loads(answer[1]), fingerprint, idempotency), False)
-        if answer[0] == "full":
-            raise QueueFull(int(answer[1]), max_queue or 0)
+        batch, created = self.open_batch(total=len(uploads), owner=owner, idempotency=idempotency,
+                                         fingerprint=fingerprint, explain=explain, lane=lane, max_queue=max_queue)
+        if not created:
+            return batch, self.get_jobs(self.batch_job_ids(batch.id)), False
+        jobs = self.add_jobs(batch, uploads)
+        self.close_admission(batch.id)
         return batch, jobs, True
 
-    def _repeat(self, earlier: dict[str, str], fingerprint: str, key: str) -> tuple[Batch, list[Job]]:
+    def open_batch(self, *, total: int, owner: str = "", idempotency: str | None = None, fingerprint: str = "",
+                   explain: bool = False, lane: Lane = Lane.BULK,
+                   max_queue: int | None = None) -> tuple[Batch, bool]:
+        """Open a batch of `total` jobs, to be stored with add_jobs as their images are read, and reserve their
+        places in the queue; (the batch, True).
+
+        With an idempotency key, a repeat (the same `fingerprint`) answers the batch first opened and False;
+        another fingerprint under a used key raises IdempotencyConflict. A batch that would put more than
+        `max_queue` jobs in the queue, counting places reserved by batches still being admitted, raises QueueFull,
+        and nothing is stored.
+        """
+        created_at = now_iso()
+        batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=total, owner=owner,
+                      counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: total}, lane=lane,
+                      explain=explain)
+        remembered = json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}) if idempotency is not None else ""
+        answer = self._open_batch(
+            keys=[batch_key(batch.id),
+                  idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
+                  QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS],
+            args=[-1 if max_queue is None else max_queue, self.ttl, created_at, owner, "1" if explain else "0",
+                  lane.value, batch.id, total, remembered, time.time()])
+        if answer[0] == "repeat":
+            assert idempotency is not None
+            return self._repeat(json.loads(answer[1]), fingerprint, idempotency), False
+        if answer[0] == "full":
+            raise QueueFull(int(answer[1]), max_queue or 0)
+        return batch, True
+
+    def add_jobs(self, batch: Batch, uploads: Sequence[Upload]) -> list[Job]:
+        """Store the next jobs of an open batch, queued in its lane (an upload known bad is stored failed); the jobs
+        stored, in order. Nothing is stored if the batch has expired."""
+        jobs = [_job_of(batch, upload) for upload in uploads]
+        stored = self._add_jobs(
+            keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
+                  *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
+            args=[self.ttl, time.time(), now_iso(), batch_channel(batch.id), batch.id,
+                  *(item for job, upload in zip(jobs, uploads, strict=True)
+                    for item in (job.id, job.filename, upload.data,
+                                 json.dumps(upload.error) if upload.error is not None else ""))])
+        return jobs if stored else []
+
+    def close_admission(self, batch_id: str) -> int:
+        """Free a batch's remaining reserved places: every job is stored, or its admission was cut short and the
+        batch keeps the jobs it has. The number of jobs never admitted."""
+        return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS], args=[batch_id]))
+
+    def stalled_admissions(self, *, idle_since: float) -> list[str]:
+        """Batches still being admitted that stored nothing since `idle_since` (their API died), or have expired."""
+        open_ids = list(cast(dict[str, str], self._redis.hgetall(ADMISSIONS)))
+        pipe = self._redis.pipeline(transaction=False)
+        for batch_id in open_ids:
+            pipe.hget(batch_key(batch_id), "admitting_at")
+        return [batch_id for batch_id, moment in zip(open_ids, pipe.execute(), strict=True)
+                if moment is None or float(moment) < idle_since]
+
+    def _repeat(self, earlier: dict[str, str], fingerprint: str, key: str) -> Batch:
         if earlier["fingerprint"] != fingerprint:
             raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for other files")
         batch = self.get_batch(earlier["batch_id"])
         if batch is None:
             raise IdempotencyConflict(f"the batch of Idempotency-Key {key!r} has expired; use a new key")
-        return batch, self.get_jobs(self.batch_job_ids(batch.id))
+        return batch
 
     def get_job(self, job_id: str) -> Job | None:
         fields = _text_hash(self._redis.hgetall(job_key(job_id)))
@@ -303,7 +274,8 @@ class JobStore:
             return None
         return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
                      counts={status: int(fields.get(status.value, 0)) for status in JobStatus},
-                     lane=Lane(fields.get("lane", Lane.BULK)))
+                     lane=Lane(fields.get("lane", Lane.BULK)), explain=fields.get("explain") == "1",
+                     interrupted=int(fields.get("interrupted", 0)))
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
@@ -367,6 +339,7 @@ class JobStore:
         """Take back a batch whose jobs could not be enqueued: its jobs are canceled (their images deleted, their
         places in the queue freed) and its idempotency key is forgotten, so that a retry with it submits anew."""
         self.cancel_batch(batch_id)
+        self.close_admission(batch_id)
         if idempotency is not None:
             self._redis.delete(idempotency_key(owner, idempotency))
 
@@ -471,6 +444,12 @@ def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:
     if explain:  # only then, so that the fingerprints of submissions without it are what they always were
         digest.update(b"explain")
     return digest.hexdigest()
+
+
+def _job_of(batch: Batch, upload: Upload) -> Job:
+    return Job(id=str(uuid.uuid4()), batch_id=batch.id, filename=upload.filename, created_at=batch.created_at,
+               owner=batch.owner, explain=batch.explain, lane=batch.lane,
+               status=JobStatus.QUEUED if upload.error is None else JobStatus.FAILED, error=upload.error)
 
 
 def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

@@ -23,6 +23,8 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
                         {"id", "jobs"} (service/fairshare.py)
 - `fair:in-flight:{owner}`  sorted set: ids of the key's chunks handed to the broker and not finished, scored by
                         when they were handed over
+- `admissions`          hash: batch id -> places in the queue still reserved for the batch's jobs not yet stored
+                        (a batch is stored a chunk at a time as its upload is read)
 - `sweep`               string: the name of the process whose turn it is to reconcile the books, expiring after
                         SWEEP_INTERVAL (service/reconciler.py)
 - `fair:owners`         set: the keys with bulk chunks pending or in flight
@@ -40,6 +42,7 @@ METRICS = f"{PREFIX}:metrics"
 WORKERS = f"{PREFIX}:workers"
 FAIR_OWNERS = f"{PREFIX}:fair:owners"
 SWEEP_LOCK = f"{PREFIX}:sweep"
+ADMISSIONS = f"{PREFIX}:admissions"
 
 WORKER_TTL = 30
 """Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""

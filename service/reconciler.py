@@ -9,7 +9,9 @@ process of the fleet (workers and APIs take turns through a lock in Redis; no ex
 2. **Running past its deadline.** A job still `running` RUNNING_MARGIN after its deadline, whose worker is gone
    or no longer works on it, is queued again and dispatched; a job handed out MAX_DELIVERIES times fails as
    `worker-lost` when a worker next takes it (worker/processing.py).
-3. **Never dispatched.** A job `queued` for STRANDED_AFTER with no task on the broker naming it, and not waiting
+3. **Admission cut short.** A batch whose API died while it was storing the upload's images keeps the jobs it
+   has (its total becomes theirs, so it can finish) and frees the places it had reserved in the queue.
+4. **Never dispatched.** A job `queued` for STRANDED_AFTER with no task on the broker naming it, and not waiting
    its key's turn in fair share, is dispatched again.
 
 Dispatching twice is harmless: a job runs only from `queued` (or again after its worker died), and the state
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 RUNNING_MARGIN = HARD_LIMIT_MARGIN + 5
 """Seconds past a running job's deadline before the reconciler takes it back: by then its task has been stopped by
 the hard time limit if its worker is alive, so a job still running is one whose worker is gone."""
+
+ADMISSION_STALLED_AFTER = 30.0
+"""Seconds a batch being admitted may store nothing before its admission is taken for dead (its API died): an
+API stores a chunk every few milliseconds while it reads an upload."""
 
 STRANDED_AFTER = 5.0
 """Seconds a queued job may go without a task on the broker: far longer than an API takes from storing a batch
@@ -81,6 +87,8 @@ class Reconciler:
     def sweep(self) -> Sweep:
         expired = self._store.forget_expired()
         now = time.time()
+        for batch_id in self._store.stalled_admissions(idle_since=now - ADMISSION_STALLED_AFTER):
+            self._store.close_admission(batch_id)  # frees the places it reserved; the batch keeps what it has
         abandoned = [job for job in self._store.running_past(now - RUNNING_MARGIN)
                      if not self._workers.holds(job.worker, job.id) and self._store.requeue(job.id)]
         stranded = self._stranded(now)

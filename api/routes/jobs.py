@@ -1,4 +1,5 @@
 import logging
+from functools import partial
 from typing import Annotated
 from uuid import UUID
 
@@ -10,7 +11,7 @@ from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import JobAnswer, JobPublic, SubmitResponse
 from api.submission import choose_lane, submit_batch, wait_for_job
-from api.uploads import read_uploads
+from api.uploads import plan_uploads
 from service.jobstore import Job, JobStatus, JobStore, Lane
 from service.logs import job_event
 
@@ -52,12 +53,16 @@ async def submit_jobs(
     if explain and not settings.explain_enabled:  # refused before anything is stored or queued
         raise ProblemError(422, "explain-disabled", "explanations are turned off on this service "
                            "(EXPLAIN_ENABLED=0): submit without explain=true")
-    uploads = await read_uploads([*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
-                                 max_unzipped_bytes=settings.max_unzipped_bytes,
-                                 max_files=settings.max_files_per_request)
-    lane = choose_lane(len(uploads), priority=priority, interactive_max=settings.interactive_max_images)
-    batch, jobs = await submit_batch(store, dispatcher, uploads, owner=owner, idempotency=idempotency_key,
-                                     max_queue=settings.max_queue, explain=explain, lane=lane)
+    plan = await run_in_threadpool(partial(
+        plan_uploads, [*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
+        max_unzipped_bytes=settings.max_unzipped_bytes, max_files=settings.max_files_per_request))
+    try:
+        lane = choose_lane(len(plan.images), priority=priority, interactive_max=settings.interactive_max_images)
+        batch, jobs = await submit_batch(store, dispatcher, plan, owner=owner, idempotency=idempotency_key,
+                                         max_queue=settings.max_queue, explain=explain, lane=lane,
+                                         chunk_size=settings.max_batch)
+    finally:
+        plan.close()
     response.headers["Location"] = f"/batches/{batch.id}"
     return SubmitResponse(batch_id=batch.id, lane=batch.lane, jobs=[JobPublic.of(job) for job in jobs])
 

@@ -1,15 +1,17 @@
 """The original synchronous contract, kept for existing clients: one image in, its prediction out."""
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import LegacyPrediction
 from api.submission import submit_batch, wait_for_job
-from api.uploads import read_uploads
+from api.uploads import plan_uploads
 from service.jobstore import JobStatus, Lane
 
 router = APIRouter(tags=["predict (synchronous)"])
@@ -26,11 +28,17 @@ async def predict(
     owner: OwnerDep,
     file: Annotated[UploadFile, File(description="One image (PNG, JPEG or DICOM)")],
 ) -> LegacyPrediction:
-    uploads = await read_uploads([file], max_bytes=settings.max_upload_bytes,
-                                 max_unzipped_bytes=settings.max_unzipped_bytes, max_files=1)
-    # A person waits at the screen for this answer: always the interactive lane.
-    _, (submitted,) = await submit_batch(store, dispatcher, uploads, owner=owner, max_queue=settings.max_queue,
-                                         lane=Lane.INTERACTIVE)
+    plan = await run_in_threadpool(partial(plan_uploads, [file], max_bytes=settings.max_upload_bytes,
+                                           max_unzipped_bytes=settings.max_unzipped_bytes, max_files=1))
+    try:
+        # A person waits at the screen for this answer: always the interactive lane.
+        _, (submitted,) = await submit_batch(store, dispatcher, plan, owner=owner, max_queue=settings.max_queue,
+                                             lane=Lane.INTERACTIVE, chunk_size=1)
+    finally:
+        plan.close()
+    if submitted.error is not None:  # an archive's one member could not be read
+        raise ProblemError(submitted.error["status"], submitted.error["type"].rsplit(":", 1)[-1],
+                           submitted.error["detail"])
     job = await wait_for_job(store, redis, submitted.id, timeout=settings.predict_timeout)
     if job is None:
         raise ProblemError(500, "job-lost", f"job {submitted.id} disappeared before it finished")

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from service.jobstore import JobStore, Upload
-from tests.processes import ROOT
+from tests.processes import ROOT, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -196,3 +197,19 @@ def test_an_unfinished_batch_tells_the_client_when_to_poll_again(client: httpx.C
 
     assert answer.json()["counts"]["queued"] == 1
     assert answer.headers["retry-after"] == "1"
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_nothing_behind(api_url: str, store: JobStore):
+    host, port = api_url.removeprefix("http://").split(":")
+    boundary = "pneuradnet-cut"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"study.zip\"\r\n"
+            "Content-Type: application/zip\r\n\r\n").encode()
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(f"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Length: {10 * 2**20}\r\n"
+                           f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode() + head)
+        connection.sendall(b"PK\x03\x04" + bytes(2**20))  # a tenth of what it announced, then it goes away
+
+    wait_until(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, timeout=5, what="the API")
+    time.sleep(0.5)
+    assert store.queued_count() == 0
+    assert store.metrics().get("jobs_submitted", 0) == 0

@@ -124,3 +124,19 @@ def test_one_process_of_the_fleet_sweeps_each_interval(parts):
     assert reconciler.sweep_if_due("worker-1") is None
     other.close()
     fair_share.close()
+
+
+def test_an_admission_cut_short_keeps_its_jobs_and_frees_its_places(redis: Redis, parts,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    store, _, reconciler = parts
+    monkeypatch.setattr(reconciler_module, "ADMISSION_STALLED_AFTER", 0.1)
+    batch, _ = store.open_batch(total=20, max_queue=20)
+    store.add_jobs(batch, [Upload(f"{n}.png", b"png bytes") for n in range(16)])  # then its API died
+    time.sleep(0.2)
+
+    reconciler.sweep()
+
+    kept = store.get_batch(batch.id)
+    assert (kept.total, kept.interrupted, kept.counts[JobStatus.QUEUED]) == (16, 4, 16)
+    assert redis.hlen("pneuradnet:admissions") == 0
+    store.open_batch(total=4, max_queue=20)  # the four places it held are free again

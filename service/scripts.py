@@ -1,0 +1,131 @@
+"""The job store's Lua scripts (rq keeps its own in one module too): each opens with a header that names every
+KEYS[i] and ARGV[i], and every key a script touches comes in KEYS, none is built inside.
+
+Redis Cluster: not adopted. Every script touches the global registries (queued, running, metrics) together with
+one job's or batch's keys, so no hash tag such as `{batch_id}` could put them in one slot; clustering would need
+per-slot registries. A single Redis (with replicas or Sentinel) holds far more than this service's load: the
+budget is a few commands per image.
+"""
+
+TRANSITION = """
+-- Moves one job to a new status, if the state machine allows it from the status it is in.
+-- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
+-- KEYS[4] running registry
+-- KEYS[5] metrics hash      KEYS[6] the job's batch hash (it may have expired)
+-- KEYS[7] interactive lane's queued registry
+-- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
+-- ARGV[3] target status     ARGV[4] score in the registry the target puts the job in: its deadline when running,
+--                           now when queued again
+-- ARGV[5] job channel       ARGV[6] batch channel
+-- ARGV[7..] field, value pairs to set on the job hash
+-- Returns {1, status before} when moved, {0, current status or ''} when not (gone, or not allowed).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, ''} end
+if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {0, status} end
+local target = ARGV[3]
+redis.call('HSET', KEYS[1], 'status', target)
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local batch_exists = redis.call('EXISTS', KEYS[6]) == 1
+if batch_exists then
+  redis.call('HINCRBY', KEYS[6], status, -1)
+  redis.call('HINCRBY', KEYS[6], target, 1)
+end
+if target == 'running' then
+  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+elseif target == 'queued' then
+  local queued = KEYS[3]
+  if redis.call('HGET', KEYS[1], 'lane') == 'interactive' then queued = KEYS[7] end
+  redis.call('ZADD', queued, ARGV[4], ARGV[1])
+else
+  redis.call('DEL', KEYS[2])
+  if batch_exists then redis.call('PUBLISH', ARGV[6], target) end
+end
+redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
+redis.call('PUBLISH', ARGV[5], target)
+return {1, status}
+"""
+
+OPEN_BATCH = """
+-- Opens a batch whose jobs are stored as they are read: places for all of them are reserved at once, so the queue
+-- never passes MAX_QUEUE whatever else is admitted meanwhile; or answers the batch an idempotent repeat names.
+-- KEYS[1] batch hash   KEYS[2] idempotency key (unused without one)   KEYS[3] bulk lane's queued registry
+-- KEYS[4] interactive lane's queued registry   KEYS[5] admissions hash (batch id -> places still reserved)
+-- ARGV[1] MAX_QUEUE (-1: no limit)   ARGV[2] TTL   ARGV[3] created_at   ARGV[4] owner   ARGV[5] explain ('1', '0')
+-- ARGV[6] lane   ARGV[7] batch id   ARGV[8] its number of jobs   ARGV[9] what the idempotency key is to hold
+-- (JSON), '' without one   ARGV[10] now (seconds)
+-- Returns {'repeat', what the idempotency key holds}, {'full', jobs queued or reserved now} or {'created'}.
+if ARGV[9] ~= '' then
+  local earlier = redis.call('GET', KEYS[2])
+  if earlier then return {'repeat', earlier} end
+end
+local total = tonumber(ARGV[8])
+local taken = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
+for _, places in ipairs(redis.call('HVALS', KEYS[5])) do taken = taken + tonumber(places) end
+if tonumber(ARGV[1]) >= 0 and taken + total > tonumber(ARGV[1]) then return {'full', tostring(taken)} end
+redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'total', total, 'owner', ARGV[4], 'lane', ARGV[6],
+           'explain', ARGV[5], 'queued', total, 'admitted', 0, 'admitting_at', ARGV[10])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if total > 0 then redis.call('HSET', KEYS[5], ARGV[7], total) end
+if ARGV[9] ~= '' then redis.call('SET', KEYS[2], ARGV[9], 'EX', ARGV[2]) end
+return {'created'}
+"""
+
+ADD_JOBS = """
+-- Stores the next jobs of an open batch, with their images, queued in its lane; a job whose image is known bad
+-- already is stored failed, with its problem, and never queued.
+-- KEYS[1] batch hash   KEYS[2] batch's job list   KEYS[3] the lane's queued registry   KEYS[4] metrics hash
+-- KEYS[5] admissions hash   KEYS[6..] per job: its hash, its image
+-- ARGV[1] TTL   ARGV[2] queued score (now)   ARGV[3] now (ISO 8601)   ARGV[4] batch channel   ARGV[5] batch id
+-- ARGV[6..] per job: id, filename, bytes, problem (JSON; '' for a job to queue)
+-- Returns 0 if the batch is gone (expired), else 1.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local batch = redis.call('HMGET', KEYS[1], 'created_at', 'owner', 'explain', 'lane')
+local count = (#ARGV - 5) / 4
+for i = 0, count - 1 do
+  local id, filename, data, problem = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
+  local record, image = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+  redis.call('RPUSH', KEYS[2], id)
+  redis.call('HSET', record, 'id', id, 'batch_id', ARGV[5], 'filename', filename, 'created_at', batch[1],
+             'deliveries', '0', 'owner', batch[2], 'explain', batch[3], 'lane', batch[4])
+  if problem == '' then
+    redis.call('HSET', record, 'status', 'queued')
+    redis.call('SET', image, data, 'EX', ARGV[1])
+    redis.call('ZADD', KEYS[3], ARGV[2], id)
+  else
+    redis.call('HSET', record, 'status', 'failed', 'error', problem, 'finished_at', ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'queued', -1)
+    redis.call('HINCRBY', KEYS[1], 'failed', 1)
+    redis.call('HINCRBY', KEYS[4], 'jobs_failed', 1)
+    redis.call('PUBLISH', ARGV[4], 'failed')
+  end
+  redis.call('EXPIRE', record, ARGV[1])
+end
+if count > 0 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+redis.call('HINCRBY', KEYS[1], 'admitted', count)
+redis.call('HSET', KEYS[1], 'admitting_at', ARGV[2])
+if redis.call('HINCRBY', KEYS[5], ARGV[5], 0 - count) <= 0 then redis.call('HDEL', KEYS[5], ARGV[5]) end
+redis.call('HINCRBY', KEYS[4], 'jobs_submitted', count)
+return 1
+"""
+
+CLOSE_ADMISSION = """
+-- Ends a batch's admission: its remaining reserved places are freed. A batch whose admission was cut short (its
+-- API died) keeps the jobs it has: its total becomes what was admitted, so it can finish, and it says so.
+-- KEYS[1] batch hash   KEYS[2] admissions hash
+-- ARGV[1] batch id
+-- Returns the number of jobs that were never admitted.
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+local missing = total - tonumber(redis.call('HGET', KEYS[1], 'admitted') or 0)
+if missing > 0 then
+  redis.call('HINCRBY', KEYS[1], 'queued', -missing)
+  redis.call('HSET', KEYS[1], 'total', total - missing, 'interrupted', missing)
+end
+redis.call('HDEL', KEYS[1], 'admitting_at')
+return missing
+"""
