@@ -26,3 +26,12 @@ if [[ "${1:-}" == "--test" && ! -x /usr/bin/chromium ]]; then
         echo "No /usr/bin/chromium: the browser tests will fail (Debian: sudo apt-get install chromium)." >&2
     fi
 fi
+# The tests across hosts (tests/hosts/, marked hosts) make network namespaces with iproute2's `ip netns` and cut
+# them off with iptables; they fail without them (and without root). A no-op when both commands exist.
+if [[ "${1:-}" == "--test" ]] && ! { command -v ip && command -v iptables; } >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq iproute2 iptables >/dev/null
+    else
+        echo "No ip or iptables: the tests marked hosts will fail (Debian: sudo apt-get install iproute2 iptables)." >&2
+    fi
+fi
