@@ -60,6 +60,7 @@ class LazyExplainer:
 
 def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, job_timeout: float,
                  max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
+    received = time.perf_counter()
     deadline = time.time() + job_timeout
     claimed = store.start_many(job_ids, deadline=deadline, worker=worker)
     stored: list[tuple[Job, bytes]] = []
@@ -87,6 +88,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     if not prepared:
         return
     started = time.perf_counter()
+    observe(store, "preparation_seconds", [started - received])
     try:
         predictions = classifier.predict([image for _, image in prepared])
     except SoftTimeLimitExceeded:

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,10 +31,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pneuradnet.classifier import Classifier
 from pneuradnet.explain import GradCam
 from pneuradnet.manifest import sha256_of
+from service.deliveries import first_attempt_sender
 from service.fairshare import FairShare, window_for
 from service.jobstore import JobStore, now_iso
 from service.keys import WORKER_TTL
 from service.logs import configure_logging
+from service.metrics import observe
 from service.problems import problem
 from service.queue import CLASSIFY_TASK, send_bulk_chunks
 from service.reconciler import Reconciler
@@ -64,7 +67,7 @@ class ProcessResources:
 
 def load_resources(settings: Settings) -> ProcessResources:
     """Load the model, warm it up, and announce this process in the worker registry."""
-    store = JobStore(settings.redis_url, ttl=settings.job_ttl)
+    store = JobStore(settings.redis_url, ttl=settings.job_ttl, on_callback_due=first_attempt_sender(celery_app))
     registry = WorkerRegistry(settings.redis_url)
     fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
     reconciler = Reconciler(url=settings.redis_url, store=store, workers=registry, fair_share=fair_share,
@@ -98,10 +101,17 @@ def load_resources(settings: Settings) -> ProcessResources:
     return resources
 
 
+BUSY_GAP = 5.0
+"""Seconds between two tasks of a model process beyond which the wait is an empty queue, not a gap between chunks
+(only the shorter ones are measured: `between_tasks_seconds`)."""
+
+
 class ClassifyTask(Task):
     """The classify task, holding its process's resources: loaded on first use, kept for the process's life."""
 
     _resources: ProcessResources | None = None
+    last_finished: float | None = None
+    """When this process's previous task ended (time.perf_counter())."""
 
     @property
     def resources(self) -> ProcessResources:
@@ -169,6 +179,8 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
     """Classify a chunk of jobs; a bulk chunk (`chunk` named) then releases its owner's next (fair share)."""
     resources = self.resources
     settings = get_settings()
+    if self.last_finished is not None and (gap := time.perf_counter() - self.last_finished) < BUSY_GAP:
+        observe(resources.store, "between_tasks_seconds", [gap])
     try:
         resources.registry.hold(resources.name, job_ids)
         try:
@@ -189,3 +201,4 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
         # then answers the same chunks (sending one twice is harmless, losing one is not).
         released = resources.fair_share.finish(owner, chunk, window=window_for(resources.registry.count()))
         send_bulk_chunks(released, owner=owner, app=celery_app)
+    self.last_finished = time.perf_counter()
