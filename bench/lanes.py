@@ -115,31 +115,37 @@ class InteractiveStream:
 
 
 class CpuMeter:
-    """The machine's busy CPU time, and ours: the processes given (with their children) and every redis-server."""
+    """CPU time of the machine, and of ours: the API, the worker (with its model processes), every redis-server and
+    this benchmark's own threads; what the machine spent besides is others' load."""
 
-    def __init__(self, pids: list[int]) -> None:
-        self._pids = pids
+    def __init__(self, *, api: int, worker: int) -> None:
+        self._groups = {"api": api, "worker": worker}
 
-    def snapshot(self) -> tuple[float, float]:
-        """(CPU seconds the machine has been busy, CPU seconds of our processes), since boot."""
+    def snapshot(self) -> dict[str, float]:
+        """CPU seconds since boot: `machine` (busy, all cores) and each of ours."""
         fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-        ours = sum(_cpu_seconds(pid) for pid in self._processes())
-        return busy / CLOCK_TICKS, ours
+        usage = {"machine": (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS}  # all but idle and iowait
+        usage.update({name: sum(map(_cpu_seconds, _tree(pid))) for name, pid in self._groups.items()})
+        usage["redis"] = sum(map(_cpu_seconds, _redis_servers()))
+        usage["benchmark"] = _cpu_seconds(os.getpid())  # its children are the API and the worker, counted above
+        return usage
 
-    def foreign_share(self, since: tuple[float, float], seconds: float) -> float:
-        """Share of all cores that others used since `since` (a snapshot), `seconds` ago."""
-        busy, ours = self.snapshot()
-        return max(0.0, (busy - since[0]) - (ours - since[1])) / ((os.cpu_count() or 1) * seconds)
+    def since(self, before: dict[str, float], seconds: float) -> dict[str, float]:
+        """CPU seconds of each of ours since the snapshot `before`, taken `seconds` ago, and `others_share`: the
+        share of all cores that the rest of the machine used meanwhile."""
+        used = {name: value - before[name] for name, value in self.snapshot().items()}
+        others = used.pop("machine") - sum(used.values())
+        return {**used, "others_share": max(0.0, others) / ((os.cpu_count() or 1) * seconds)}
 
-    def _processes(self) -> set[int]:
-        found, todo = set(), [*self._pids, os.getpid(), *_redis_servers()]
-        while todo:
-            pid = todo.pop()
-            found.add(pid)
-            children = Path(f"/proc/{pid}/task/{pid}/children")
-            todo += [int(child) for child in children.read_text().split()] if children.exists() else []
-        return found
+
+def _tree(pid: int) -> list[int]:
+    """A process and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(pid := todo.pop())
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        todo += [int(child) for child in _read(children).split()]
+    return found
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -165,21 +171,21 @@ def _read(path: Path) -> str:
 T = TypeVar("T")
 
 
-def _quietly(meter: CpuMeter, measure: Callable[[], T], what: str) -> tuple[T, float, int]:
-    """Take a measurement on a machine others leave alone: (its result, others' share of the CPU during it, the
+def _quietly(meter: CpuMeter, measure: Callable[[], T], what: str) -> tuple[T, dict[str, float], int]:
+    """Take a measurement on a machine others leave alone: (its result, the CPU it used (CpuMeter.since), the
     measurements thrown away). After ATTEMPTS, the least disturbed one."""
-    taken: list[tuple[float, T]] = []
+    taken: list[tuple[dict[str, float], T]] = []
     for _ in range(ATTEMPTS):
         _wait_for_quiet(meter)
         before, started = meter.snapshot(), time.perf_counter()
         result = measure()
-        foreign = meter.foreign_share(before, time.perf_counter() - started)
-        taken.append((foreign, result))
-        if foreign <= FOREIGN_LIMIT:
+        usage = meter.since(before, time.perf_counter() - started)
+        taken.append((usage, result))
+        if usage["others_share"] <= FOREIGN_LIMIT:
             break
-        print(f"{what}: others used {foreign:.0%} of the CPU, measuring again", file=sys.stderr)
-    foreign, result = min(taken, key=lambda entry: entry[0])
-    return result, foreign, len(taken) - 1
+        print(f"{what}: others used {usage['others_share']:.0%} of the CPU, measuring again", file=sys.stderr)
+    usage, result = min(taken, key=lambda entry: entry[0]["others_share"])
+    return result, usage, len(taken) - 1
 
 
 def _wait_for_quiet(meter: CpuMeter, *, timeout: float = 120) -> None:
@@ -188,7 +194,7 @@ def _wait_for_quiet(meter: CpuMeter, *, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         before = meter.snapshot()
         time.sleep(1)
-        if meter.foreign_share(before, 1) <= FOREIGN_LIMIT:
+        if meter.since(before, 1)["others_share"] <= FOREIGN_LIMIT:
             return
 
 
@@ -233,7 +239,7 @@ def _measure(bulk: list[Path], radiographs: list[Path], args: argparse.Namespace
     api, url = start_api(logs / "api.log", env)
     worker = start_worker(logs / "worker.log", env)
     registry = WorkerRegistry(redis_url)
-    meter = CpuMeter([api.pid, worker.pid])
+    meter = CpuMeter(api=api.pid, worker=worker.pid)
     try:
         wait_until(lambda: registry.count() > 0, timeout=120, what="the worker to announce itself")
         (announcement,) = registry.live()  # one worker, one model process
@@ -244,10 +250,10 @@ def _measure(bulk: list[Path], radiographs: list[Path], args: argparse.Namespace
             # one batch's time on this machine now, only to space the interactive requests behind the bulk
             *_, batch_id = _bulk(a, bulk[:MAX_BATCH])
             start, end = _span(_wait_for_batch_jobs(a, batch_id, MAX_BATCH))
-            idle, idle_foreign, idle_dropped = _quietly(
+            idle, idle_cpu, idle_dropped = _quietly(
                 meter, lambda: [_predict(b, radiographs[n % len(radiographs)]).latency_ms
                                 for n in range(args.singles)], "idle latency")
-            behind, behind_foreign, behind_dropped = _quietly(
+            behind, behind_cpu, behind_dropped = _quietly(
                 meter, lambda: _behind_bulk(a, b, bulk, radiographs, args.singles, batch_estimate=end - start),
                 "latency behind the bulk")
             throughput = _throughput(meter, a, b, bulk, radiographs, args.rate, args.runs)
@@ -255,9 +261,8 @@ def _measure(bulk: list[Path], radiographs: list[Path], args: argparse.Namespace
             "worker": {"model_processes": 1, "threads": int(announcement["threads"]),
                        "runtime": announcement["runtime"]},
             "idle_single_ms": {"p50": statistics.median(idle), "max": max(idle), "all": idle,
-                               "foreign_cpu_share": idle_foreign, "measurements_thrown_away": idle_dropped},
-            "behind_bulk": {**behind, "foreign_cpu_share": behind_foreign,
-                            "measurements_thrown_away": behind_dropped},
+                               "cpu_seconds": idle_cpu, "measurements_thrown_away": idle_dropped},
+            "behind_bulk": {**behind, "cpu_seconds": behind_cpu, "measurements_thrown_away": behind_dropped},
             "throughput": throughput,
             "logs": str(logs),
         }
@@ -372,9 +377,9 @@ def _throughput(meter: CpuMeter, a: httpx.Client, b: httpx.Client, bulk: list[Pa
     alone, alongside = [], []
     for n in range(runs):
         for kept, stream_rate, name in ((alone, None, "alone"), (alongside, rate, "alongside")):
-            run, foreign, dropped = _quietly(meter, lambda r=stream_rate: _bulk_run(a, b, bulk, radiographs, rate=r),
-                                             f"bulk {name}, run {n + 1}")
-            kept.append({**run, "foreign_cpu_share": foreign, "measurements_thrown_away": dropped})
+            run, usage, dropped = _quietly(meter, lambda r=stream_rate: _bulk_run(a, b, bulk, radiographs, rate=r),
+                                           f"bulk {name}, run {n + 1}")
+            kept.append({**run, "cpu_seconds": usage, "measurements_thrown_away": dropped})
     bulk_alone = statistics.median(run["bulk_images_per_second"] for run in alone)
     bulk_alongside = statistics.median(run["bulk_images_per_second"] for run in alongside)
     total_alongside = statistics.median(run["total_images_per_second"] for run in alongside)
@@ -388,6 +393,9 @@ def _throughput(meter: CpuMeter, a: httpx.Client, b: httpx.Client, bulk: list[Pa
         "total_cost": 1 - total_alongside / bulk_alone,
         "bulk_alongside_without_interactive_work_images_per_second": net_alongside,
         "cost_beyond_interactive_work": 1 - net_alongside / bulk_alone,
+        "median_cpu_seconds": {name: {"alone": statistics.median(run["cpu_seconds"][name] for run in alone),
+                                      "alongside": statistics.median(run["cpu_seconds"][name] for run in alongside)}
+                               for name in ("worker", "api", "redis", "benchmark")},
         "interactive_worker_share": statistics.median(run["interactive_worker_seconds"] / run["seconds"]
                                                       for run in alongside),
         "bulk_cost_of_each_pair": [1 - pair["bulk_images_per_second"] / single["bulk_images_per_second"]
@@ -469,6 +477,9 @@ def _table(report: dict) -> str:
                  f"interactive images; without that time, the bulk ran at "
                  f"{throughput['bulk_alongside_without_interactive_work_images_per_second']:.1f} images/s, a cost of "
                  f"{throughput['cost_beyond_interactive_work']:.1%} beyond their own work")
+    lines.append("CPU seconds of a run, alone -> with interactive images (medians): " + ", ".join(
+        f"{name} {seconds['alone']:.2f} -> {seconds['alongside']:.2f}"
+        for name, seconds in throughput["median_cpu_seconds"].items()))
     met = "met" if throughput["bulk_cost"] <= TARGET_COST else "not met"
     lines.append(f"target, bulk images/s cost at most {TARGET_COST:.0%}: {met}. Interactive images during the bulk: "
                  f"p50 {throughput['interactive_alongside_single_ms_p50']:.0f} ms, "
@@ -480,7 +491,7 @@ def _table(report: dict) -> str:
 def _foreign(measurement: dict) -> str:
     """Others' share of the CPU during a measurement, and how many were thrown away before it."""
     dropped = measurement["measurements_thrown_away"]
-    return f"{measurement['foreign_cpu_share']:.0%}" + (f", {dropped} retaken" if dropped else "")
+    return f"{measurement['cpu_seconds']['others_share']:.0%}" + (f", {dropped} retaken" if dropped else "")
 
 
 if __name__ == "__main__":
