@@ -14,6 +14,8 @@ Measured in one run, on a Redis database of its own (REDIS_URL's host, database 
    instruction set it was measured with, after `pytest -m bench` has checked the program measuring it), so that
    each runtime's inference speed reads as a share of what the hardware can do.
 Run it on a quiet machine: nothing else should be using the cores.
+The lanes (issue 15: interactive latency behind a bulk, bulk throughput with interactive traffic) have their own
+benchmark: `.venv/bin/python -m bench.lanes` (BENCHMARKS.md, "Lanes").
 """
 
 import argparse
