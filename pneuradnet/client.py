@@ -26,6 +26,7 @@ import httpx
 
 from pneuradnet import __version__
 from pneuradnet.errors import PneuradnetError
+from pneuradnet.webhooks import verify_webhook as verify_webhook  # re-exported: a receiver's one import
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds one HTTP request may take to send or answer; a long poll is given its wait on top."""
