@@ -17,6 +17,7 @@ from api.problems import document_problems, install_problem_handlers
 from api.routes import batches, health, jobs, page, predict
 from api.sweeper import sweep_periodically
 from service.connections import connect_async
+from service.deliveries import first_attempt_sender
 from service.fairshare import FairShare
 from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
@@ -33,14 +34,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl)
+        # Tasks go to the broker of these settings, which may not be the environment's.
+        celery = make_celery(settings)
+        app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl,
+                                   on_callback_due=first_attempt_sender(celery))
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
         app.state.fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
         app.state.metrics.register(StoreCollector(app.state.store, app.state.workers, app.state.fair_share))
         app.state.async_redis = connect_async(settings.redis_url)
-        # Tasks go to the broker of these settings, which may not be the environment's.
-        celery = make_celery(settings)
         batcher = EnqueueBatcher(partial(send_classify_task, app=celery, lane=Lane.INTERACTIVE),
                                  max_batch=settings.max_batch, wait_seconds=settings.batch_wait_ms / 1000)
         app.state.dispatcher = Dispatcher(

@@ -1,12 +1,13 @@
 """What the API answers: one public schema per resource, separate from how the job store keeps it."""
 
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
 from service.jobstore import Job, JobStatus, Lane
-
-DISCLAIMER = "Decision support for qualified staff; not a diagnosis."
+from service.notice import DISCLAIMER
+from service.webhooks import CallbackState, CallbackStatus
 
 
 class ModelRef(BaseModel):
@@ -107,6 +108,29 @@ class SubmitResponse(BaseModel):
     notice: str = DISCLAIMER
 
 
+class CallbackPublic(BaseModel):
+    """The batch's callback (callback_url): pending until the batch finishes and while a retry waits; delivering
+    during an attempt; delivered once the receiver answered 2xx; failed when given up."""
+
+    state: CallbackState
+    attempts: int
+    delivery_id: str | None
+    """Sent as X-Pneuradnet-Delivery, the same on every attempt; null until the batch has finished."""
+    last_status: int | None
+    """The receiver's HTTP status at the last attempt it answered."""
+    last_error: str | None
+    """Why the last attempt had no answer (refused, timed out), or why the delivery was given up."""
+    next_attempt_at: str | None
+    """When a pending retry is due."""
+
+    @classmethod
+    def of(cls, status: CallbackStatus) -> Self:
+        at = status.next_attempt_at
+        return cls(state=status.state, attempts=status.attempts, delivery_id=status.delivery_id,
+                   last_status=status.last_status, last_error=status.last_error,
+                   next_attempt_at=datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds") if at else None)
+
+
 class BatchPublic(BaseModel):
     id: str
     created_at: str
@@ -115,6 +139,8 @@ class BatchPublic(BaseModel):
     counts: dict[JobStatus, int]
     jobs: list[JobPublic]
     next_page_token: str | None
+    callback: CallbackPublic | None = None
+    """Only for a batch submitted with callback_url."""
     notice: str = DISCLAIMER
 
 

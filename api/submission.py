@@ -17,6 +17,7 @@ from service.faults import fault_point
 from service.jobstore import Batch, IdempotencyConflict, Job, JobStatus, JobStore, Lane, QueueFull
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
+from service.webhooks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def choose_lane(image_count: int, *, priority: Lane | None, interactive_max: int
 
 async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan, *, owner: str, max_queue: int,
                        lane: Lane, chunk_size: int, idempotency: str | None = None,
-                       explain: bool = False) -> tuple[Batch, list[Job]]:
+                       explain: bool = False, callback: Callback | None = None) -> tuple[Batch, list[Job]]:
     """Admit a request's images as a batch, a chunk at a time: each chunk is stored, then enqueued, while the next
     is read, so the first chunk runs while the rest is still being admitted.
 
@@ -56,7 +57,7 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan
     try:
         batch, created = await run_in_threadpool(partial(
             store.open_batch, total=len(plan.images), owner=owner, idempotency=idempotency, fingerprint=fingerprint,
-            explain=explain, lane=lane, max_queue=max_queue))
+            explain=explain, lane=lane, max_queue=max_queue, callback=callback))
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
     except QueueFull as full:

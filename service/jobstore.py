@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,6 +26,7 @@ from service.keys import (
     QUEUED_REGISTRY,
     RUNNING_REGISTRY,
     SWEEP_LOCK,
+    WEBHOOKS_DUE,
     batch_channel,
     batch_jobs_key,
     batch_key,
@@ -35,6 +36,7 @@ from service.keys import (
     job_channel,
     job_key,
 )
+from service.webhooks import Callback, CallbackStatus
 
 
 class IdempotencyConflict(Exception):
@@ -142,6 +144,8 @@ class Batch:
     explain: bool = False
     interrupted: int = 0
     """Images of the upload never stored because admission was cut short (its API died): `total` leaves them out."""
+    callback: CallbackStatus | None = None
+    """The callback asked at submission (callback_url) and how its delivery goes; None without one."""
 
     @property
     def finished(self) -> int:
@@ -165,8 +169,11 @@ class Upload:
 class JobStore:
     """Synchronous access to jobs and batches in the Redis at `url`."""
 
-    def __init__(self, url: str, *, ttl: int) -> None:
+    def __init__(self, url: str, *, ttl: int, on_callback_due: Callable[[str], None] | None = None) -> None:
+        """`on_callback_due(batch_id)` is called after a transition of this store finished a batch with a callback
+        (service/deliveries.py): it sends the delivery task. Without it, the reconciler sends it."""
         self._redis = connect(url)
+        self._on_callback_due = on_callback_due
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
         self._raw = connect(url, decode=False)
         self.ttl = ttl
@@ -180,13 +187,14 @@ class JobStore:
         self._raw.close()
 
     def create_batch(self, uploads: Sequence[Upload], *, owner: str = "", idempotency: str | None = None,
-                     explain: bool = False, lane: Lane = Lane.BULK,
-                     max_queue: int | None = None) -> tuple[Batch, list[Job], bool]:
+                     explain: bool = False, lane: Lane = Lane.BULK, max_queue: int | None = None,
+                     callback: Callback | None = None) -> tuple[Batch, list[Job], bool]:
         """Store a batch whose images are all at hand (open_batch, add_jobs, close_admission): the batch and its
         jobs, and False instead of True when an idempotent repeat answered an earlier batch."""
         fingerprint = _fingerprint(uploads, explain=explain) if idempotency is not None else ""
         batch, created = self.open_batch(total=len(uploads), owner=owner, idempotency=idempotency,
-                                         fingerprint=fingerprint, explain=explain, lane=lane, max_queue=max_queue)
+                                         fingerprint=fingerprint, explain=explain, lane=lane, max_queue=max_queue,
+                                         callback=callback)
         if not created:
             return batch, self.get_jobs(self.batch_job_ids(batch.id)), False
         jobs = self.add_jobs(batch, uploads)
@@ -194,27 +202,31 @@ class JobStore:
         return batch, jobs, True
 
     def open_batch(self, *, total: int, owner: str = "", idempotency: str | None = None, fingerprint: str = "",
-                   explain: bool = False, lane: Lane = Lane.BULK,
-                   max_queue: int | None = None) -> tuple[Batch, bool]:
+                   explain: bool = False, lane: Lane = Lane.BULK, max_queue: int | None = None,
+                   callback: Callback | None = None) -> tuple[Batch, bool]:
         """Open a batch of `total` jobs, to be stored with add_jobs as their images are read, and reserve their
         places in the queue; (the batch, True).
 
         With an idempotency key, a repeat (the same `fingerprint`) answers the batch first opened and False;
         another fingerprint under a used key raises IdempotencyConflict. A batch that would put more than
         `max_queue` jobs in the queue, counting places reserved by batches still being admitted, raises QueueFull,
-        and nothing is stored.
+        and nothing is stored. With a `callback`, the batch's summary is POSTed to it once every job has finished
+        (service/deliveries.py); a repeat with another callback is another submission.
         """
+        if callback is not None and fingerprint:
+            fingerprint = hashlib.sha256(f"{fingerprint} {callback.url}".encode()).hexdigest()
         created_at = now_iso()
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=total, owner=owner,
                       counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: total}, lane=lane,
-                      explain=explain)
+                      explain=explain, callback=CallbackStatus.pending() if callback is not None else None)
         remembered = json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}) if idempotency is not None else ""
         answer = self._open_batch(
             keys=[batch_key(batch.id),
                   idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
                   QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS],
             args=[-1 if max_queue is None else max_queue, self.ttl, created_at, owner, "1" if explain else "0",
-                  lane.value, batch.id, total, remembered, time.time()])
+                  lane.value, batch.id, total, remembered, time.time(),
+                  *(("", "", "") if callback is None else (callback.url, *callback.links(batch.id)))])
         if answer[0] == "repeat":
             assert idempotency is not None
             return self._repeat(json.loads(answer[1]), fingerprint, idempotency), False
@@ -275,7 +287,7 @@ class JobStore:
         return Batch(id=batch_id, created_at=fields["created_at"], total=int(fields["total"]), owner=fields["owner"],
                      counts={status: int(fields.get(status.value, 0)) for status in JobStatus},
                      lane=Lane(fields.get("lane", Lane.BULK)), explain=fields.get("explain") == "1",
-                     interrupted=int(fields.get("interrupted", 0)))
+                     interrupted=int(fields.get("interrupted", 0)), callback=CallbackStatus.of(fields))
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
@@ -311,7 +323,7 @@ class JobStore:
             self._queue_move(pipe, job_id, batch_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(),
                              worker=worker)
         moved = pipe.execute()
-        return self.get_jobs([job_id for job_id, (ok, _) in zip(job_ids, moved, strict=True) if ok])
+        return self.get_jobs([job_id for job_id, ok in zip(job_ids, self._settle(moved), strict=True) if ok])
 
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
         return self.succeed_many({job_id: result}) == [job_id]
@@ -323,7 +335,7 @@ class JobStore:
         for (job_id, result), batch_id in zip(results.items(), self._batch_ids(list(results)), strict=True):
             self._queue_move(pipe, job_id, batch_id, JobStatus.SUCCEEDED, result=json.dumps(result),
                              finished_at=finished_at)
-        return [job_id for job_id, (ok, _) in zip(results, pipe.execute(), strict=True) if ok]
+        return [job_id for job_id, ok in zip(results, self._settle(pipe.execute()), strict=True) if ok]
 
     def fail(self, job_id: str, error: dict[str, Any]) -> bool:
         return self._move(job_id, JobStatus.FAILED, error=json.dumps(error), finished_at=now_iso())
@@ -411,8 +423,15 @@ class JobStore:
     def _move(self, job_id: str, target: JobStatus, *, score: float = 0.0, **fields: str) -> bool:
         pipe = self._redis.pipeline(transaction=False)
         self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, score=score, **fields)
-        ((moved, _),) = pipe.execute()
-        return bool(moved)
+        (moved,) = self._settle(pipe.execute())
+        return moved
+
+    def _settle(self, answers: list[list[Any]]) -> list[bool]:
+        """Whether each transition moved its job; on_callback_due hears of each batch a transition finished."""
+        for answer in answers:
+            if len(answer) > 2 and answer[2] and self._on_callback_due is not None:
+                self._on_callback_due(answer[2])
+        return [bool(answer[0]) for answer in answers]
 
     def _batch_ids(self, job_ids: Sequence[str]) -> list[str]:
         """The batch of each job, in one round trip ('' for a job that is gone): the transition script is handed
@@ -429,7 +448,7 @@ class JobStore:
         pairs = [item for pair in fields.items() for item in pair]
         self._transition(
             keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS,
-                  batch_key(batch_id), INTERACTIVE_QUEUED_REGISTRY],
+                  batch_key(batch_id), INTERACTIVE_QUEUED_REGISTRY, WEBHOOKS_DUE],
             args=[job_id, allowed, target.value, score, job_channel(job_id), batch_channel(batch_id), *pairs],
             client=pipe,
         )

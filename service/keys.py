@@ -28,6 +28,8 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
 - `sweep`               string: the name of the process whose turn it is to reconcile the books, expiring after
                         SWEEP_INTERVAL (service/reconciler.py)
 - `fair:owners`         set: the keys with bulk chunks pending or in flight
+- `webhooks:due`        sorted set: ids of batches whose callback is due and not yet delivered or given up, scored by
+                        when something must next happen to it (service/deliveries.py)
 - `fair:released:{chunk}`  string: JSON list of the chunks released when this chunk finished, so that a task run
                         twice re-sends the same ones rather than releasing more
 
@@ -42,6 +44,7 @@ METRICS = f"{PREFIX}:metrics"
 WORKERS = f"{PREFIX}:workers"
 FAIR_OWNERS = f"{PREFIX}:fair:owners"
 SWEEP_LOCK = f"{PREFIX}:sweep"
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 ADMISSIONS = f"{PREFIX}:admissions"
 
 WORKER_TTL = 30

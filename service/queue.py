@@ -24,7 +24,16 @@ INTERACTIVE_QUEUE = "pneuradnet.interactive"
 QUEUES = {Lane.INTERACTIVE: INTERACTIVE_QUEUE, Lane.BULK: QUEUE}
 """Each lane's Celery queue, in the order workers look into them: interactive first."""
 
+WEBHOOK_QUEUE = "pneuradnet.webhooks"
+"""Callback deliveries (worker/webhooks.py): a queue of their own, taken after interactive work and before bulk
+work, so that a finished batch's callback never waits behind another batch's thousands of images; a delivery takes
+a worker at most a few seconds (WEBHOOK_TIMEOUT)."""
+
+CONSUMED_QUEUES = (INTERACTIVE_QUEUE, WEBHOOK_QUEUE, QUEUE)
+"""Every queue a worker consumes, in the order it looks into them."""
+
 CLASSIFY_TASK = "pneuradnet.classify"
+DELIVER_TASK = "pneuradnet.deliver_callback"
 
 HARD_LIMIT_MARGIN = 10
 """Seconds past JOB_TIMEOUT after which a task's process is killed rather than asked to stop."""
@@ -45,12 +54,12 @@ def visibility_timeout(settings: Settings) -> int:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
     app.conf.update(
         task_default_queue=QUEUE,
-        # Workers consume both lanes; with the "priority" order, each poll (one BRPOP over both lists) takes from
-        # the interactive queue whenever it holds a task, and from the bulk queue only when it is empty.
-        task_queues=[Queue(name) for name in QUEUES.values()],
+        # Workers consume both lanes and the callbacks; with the "priority" order, each poll (one BRPOP over the
+        # lists) takes from the interactive queue whenever it holds a task, then callbacks, then the bulk queue.
+        task_queues=[Queue(name) for name in CONSUMED_QUEUES],
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in the job store, not in Celery
@@ -122,6 +131,12 @@ def job_ids_in_broker(redis: Redis) -> set[str]:
 def send_classify_task(job_ids: Sequence[str], *, app: Celery, lane: Lane = Lane.BULK) -> None:
     """Enqueue one task that classifies these jobs in one batch (on the broker `app` is bound to)."""
     app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUES[lane])
+
+
+def send_delivery_task(batch_id: str, attempts_seen: int, *, app: Celery, countdown: float | None = None) -> None:
+    """Enqueue an attempt at a batch's callback delivery (service/deliveries.py), at once or `countdown` seconds on;
+    `attempts_seen`, the attempts made so far, lets only one task of those sent for one attempt make it."""
+    app.send_task(DELIVER_TASK, args=[batch_id, attempts_seen], queue=WEBHOOK_QUEUE, countdown=countdown)
 
 
 def send_bulk_chunks(chunks: Sequence[Chunk], *, owner: str, app: Celery) -> None:

@@ -13,6 +13,9 @@ process of the fleet (workers and APIs take turns through a lock in Redis; no ex
    has (its total becomes theirs, so it can finish) and frees the places it had reserved in the queue.
 4. **Never dispatched.** A job `queued` for STRANDED_AFTER with no task on the broker naming it, and not waiting
    its key's turn in fair share, is dispatched again.
+5. **Callbacks.** A batch's callback due for RESEND_AFTER with nothing done about it (its task was lost, its
+   worker died mid-request, or its retry is too far off to wait on the broker) gets a delivery task
+   (service/deliveries.py); of the tasks sent for one attempt, one makes it.
 
 Dispatching twice is harmless: a job runs only from `queued` (or again after its worker died), and the state
 machine refuses a second result.
@@ -28,9 +31,16 @@ from dataclasses import dataclass
 from celery import Celery
 
 from service.connections import connect
+from service.deliveries import Deliveries
 from service.fairshare import Chunk, FairShare, window_for
 from service.jobstore import Job, JobStore, Lane
-from service.queue import HARD_LIMIT_MARGIN, job_ids_in_broker, send_bulk_chunks, send_classify_task
+from service.queue import (
+    HARD_LIMIT_MARGIN,
+    job_ids_in_broker,
+    send_bulk_chunks,
+    send_classify_task,
+    send_delivery_task,
+)
 from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -58,6 +68,8 @@ class Sweep:
     """Running jobs taken back from a vanished worker and dispatched again."""
     redispatched: int = 0
     """Queued jobs that had no task, dispatched again."""
+    callbacks: int = 0
+    """Callback delivery tasks sent for deliveries overdue."""
 
 
 class Reconciler:
@@ -70,9 +82,11 @@ class Reconciler:
         self._celery = celery
         self._max_batch = max_batch
         self._interval = sweep_interval
+        self._deliveries = Deliveries(url)
 
     def close(self) -> None:
         self._broker.close()
+        self._deliveries.close()
 
     def sweep_if_due(self, sweeper: str) -> Sweep | None:
         """Sweep if it is this process's turn (at most one sweep a SWEEP_INTERVAL in the whole fleet)."""
@@ -81,7 +95,8 @@ class Reconciler:
         done = self.sweep()
         if done != Sweep():
             log.warning("reconciled the queue: %d expired ids forgotten, %d jobs of vanished workers requeued, "
-                        "%d jobs without a task dispatched again", done.expired, done.requeued, done.redispatched)
+                        "%d jobs without a task dispatched again, %d callbacks sent again", done.expired, done.requeued,
+                        done.redispatched, done.callbacks)
         return done
 
     def sweep(self) -> Sweep:
@@ -93,7 +108,10 @@ class Reconciler:
                      if not self._workers.holds(job.worker, job.id) and self._store.requeue(job.id)]
         stranded = self._stranded(now)
         self._dispatch([*abandoned, *stranded])
-        return Sweep(expired=expired, requeued=len(abandoned), redispatched=len(stranded))
+        overdue = self._deliveries.overdue()
+        for batch_id, attempts in overdue.items():
+            send_delivery_task(batch_id, attempts, app=self._celery)
+        return Sweep(expired=expired, requeued=len(abandoned), redispatched=len(stranded), callbacks=len(overdue))
 
     def _stranded(self, now: float) -> list[Job]:
         waiting = self._store.queued_since(now - STRANDED_AFTER)

@@ -12,13 +12,14 @@ TRANSITION = """
 -- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
 -- KEYS[4] running registry
 -- KEYS[5] metrics hash      KEYS[6] the job's batch hash (it may have expired)
--- KEYS[7] interactive lane's queued registry
+-- KEYS[7] interactive lane's queued registry     KEYS[8] callbacks' due registry
 -- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
 -- ARGV[3] target status     ARGV[4] score in the registry the target puts the job in: its deadline when running,
 --                           now when queued again
 -- ARGV[5] job channel       ARGV[6] batch channel
 -- ARGV[7..] field, value pairs to set on the job hash
--- Returns {1, status before} when moved, {0, current status or ''} when not (gone, or not allowed).
+-- Returns {1, status before, batch id if this move made the batch's callback due, else ''} when moved,
+-- {0, current status or ''} when not (gone, or not allowed).
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {0, status} end
@@ -46,7 +47,25 @@ else
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
-return {1, status}
+-- A callback (service/deliveries.py) is due when the batch's last job finishes. A finished job never moves again, so
+-- each finish adds exactly one to the finished count, and only one move sees it reach the total: that one records
+-- the delivery id (HSETNX: never twice) and puts the batch in the due registry.
+local due = ''
+if batch_exists and target ~= 'running' and target ~= 'queued'
+    and redis.call('HEXISTS', KEYS[6], 'callback_url') == 1 then
+  local b = redis.call('HMGET', KEYS[6], 'succeeded', 'failed', 'canceled', 'total')
+  local finished = (tonumber(b[1]) or 0) + (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0)
+  if finished == tonumber(b[4])
+      and redis.call('HSETNX', KEYS[6], 'callback_delivery', string.sub(redis.sha1hex(KEYS[6] .. ARGV[1]), 1, 32)) == 1
+  then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    due = redis.call('HGET', KEYS[1], 'batch_id')
+    redis.call('HSET', KEYS[6], 'callback_due_at', now, 'finished_at', redis.call('HGET', KEYS[1], 'finished_at') or '')
+    redis.call('ZADD', KEYS[8], now, due)
+  end
+end
+return {1, status, due}
 """
 
 OPEN_BATCH = """
@@ -57,6 +76,7 @@ OPEN_BATCH = """
 -- ARGV[1] MAX_QUEUE (-1: no limit)   ARGV[2] TTL   ARGV[3] created_at   ARGV[4] owner   ARGV[5] explain ('1', '0')
 -- ARGV[6] lane   ARGV[7] batch id   ARGV[8] its number of jobs   ARGV[9] what the idempotency key is to hold
 -- (JSON), '' without one   ARGV[10] now (seconds)
+-- ARGV[11] callback URL ('' without one)   ARGV[12] the batch's URL   ARGV[13] its CSV's URL (service/deliveries.py)
 -- Returns {'repeat', what the idempotency key holds}, {'full', jobs queued or reserved now} or {'created'}.
 if ARGV[9] ~= '' then
   local earlier = redis.call('GET', KEYS[2])
@@ -68,6 +88,10 @@ for _, places in ipairs(redis.call('HVALS', KEYS[5])) do taken = taken + tonumbe
 if tonumber(ARGV[1]) >= 0 and taken + total > tonumber(ARGV[1]) then return {'full', tostring(taken)} end
 redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'total', total, 'owner', ARGV[4], 'lane', ARGV[6],
            'explain', ARGV[5], 'queued', total, 'admitted', 0, 'admitting_at', ARGV[10])
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], 'callback_url', ARGV[11], 'callback_batch_url', ARGV[12], 'callback_csv_url', ARGV[13],
+             'callback_state', 'pending', 'callback_attempts', 0)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if total > 0 then redis.call('HSET', KEYS[5], ARGV[7], total) end
 if ARGV[9] ~= '' then redis.call('SET', KEYS[2], ARGV[9], 'EX', ARGV[2]) end

@@ -5,11 +5,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pneuradnet.images import MAX_ASPECT_RATIO, MIN_SIDE, ShapeLimits
 from pneuradnet.manifest import MODEL_CACHE_DIR
+from service.webhooks import HostPattern, parse_host_patterns
+
+MIN_WEBHOOK_SECRET = 16
+"""Fewest characters of WEBHOOK_SECRET when callbacks are on."""
 
 
 class Settings(BaseSettings):
@@ -68,6 +72,15 @@ class Settings(BaseSettings):
     api_keys: str = Field(default="", repr=False)
     """Comma-separated keys; when set, every route but health needs `Authorization: Bearer <key>`."""
 
+    webhook_allowed_hosts: str = ""
+    """Comma-separated host patterns callback_url may name (service/webhooks.py); empty: callbacks are off."""
+    webhook_secret: str = Field(default="", repr=False)
+    """Key of every callback's HMAC-SHA256 signature; at least 16 characters, required when callbacks are on."""
+    webhook_max_age: float = Field(default=3600.0, gt=0)
+    """Seconds after a batch finishes during which its callback is retried (5xx, no answer)."""
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    """Seconds a callback may take to connect, and each send or read of it; the whole attempt at most 3 times it."""
+
     port: int = 8000
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -79,6 +92,25 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("MODEL_MANIFEST must name a manifest")
         return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _host_patterns_valid(cls, value: str) -> str:
+        parse_host_patterns(value)  # a malformed pattern stops the service at start, with the entry named
+        return value
+
+    @model_validator(mode="after")
+    def _callbacks_signed(self) -> "Settings":
+        # Refused at start rather than per request: an unsigned callback could be forged by anyone who can reach
+        # the receiver, and a service that accepts callback_url and never calls it would fail silently.
+        if self.webhook_host_patterns and len(self.webhook_secret) < MIN_WEBHOOK_SECRET:
+            raise ValueError(f"WEBHOOK_ALLOWED_HOSTS is set, so WEBHOOK_SECRET must be too, of {MIN_WEBHOOK_SECRET} "
+                             "characters at least (callbacks are signed with it)")
+        return self
+
+    @property
+    def webhook_host_patterns(self) -> tuple[HostPattern, ...]:
+        return parse_host_patterns(self.webhook_allowed_hosts)
 
     @property
     def api_key_list(self) -> list[str]:

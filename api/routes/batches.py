@@ -11,7 +11,7 @@ from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.routes.jobs import MAX_WAIT, POLL_AFTER
-from api.schemas import BatchPublic, CancelResult, JobPublic
+from api.schemas import BatchPublic, CallbackPublic, CancelResult, JobPublic
 from api.submission import wait_for_batch
 from pneuradnet.csvfile import ResultTable, csv_text, labels_of
 from pneuradnet.errors import ModelManifestError
@@ -75,7 +75,7 @@ def _page(store: JobStore, batch: Batch, offset: int, page_size: int) -> BatchPu
     jobs = _jobs_of(store, batch.id, offset, offset + page_size - 1)
     following = offset + page_size
     return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, lane=batch.lane,
-                       counts=batch.counts,
+                       counts=batch.counts, callback=CallbackPublic.of(batch.callback) if batch.callback else None,
                        jobs=[JobPublic.of(job) for job in jobs],
                        next_page_token=str(following) if following < batch.total else None)
 

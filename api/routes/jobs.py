@@ -3,7 +3,7 @@ from functools import partial
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, File, Header, Query, Response, UploadFile
+from fastapi import APIRouter, File, Header, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
@@ -14,6 +14,7 @@ from api.submission import choose_lane, submit_batch, wait_for_job
 from api.uploads import plan_uploads
 from service.jobstore import Job, JobStatus, JobStore, Lane
 from service.logs import job_event
+from service.webhooks import Callback, CallbackRefused, HostPattern, check_callback_url
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -34,6 +35,7 @@ class PngResponse(Response):
 @router.post("/jobs", status_code=202, response_model=SubmitResponse,
              responses=problem_responses(400, 401, 413, 422, 429, 503))
 async def submit_jobs(
+    request: Request,
     response: Response,
     settings: SettingsDep,
     store: StoreDep,
@@ -49,10 +51,14 @@ async def submit_jobs(
                                            "and a larger one bulk (shared fairly between API keys); `bulk` sends a "
                                            "small one to the bulk lane, `interactive` is refused for a large one")]
     = None,
+    callback_url: Annotated[str | None, Query(description="When every job of the batch has finished, POST a signed "
+                                              "JSON summary here (README, \"Callbacks\"); its host must be one "
+                                              "WEBHOOK_ALLOWED_HOSTS allows")] = None,
 ) -> SubmitResponse:
     if explain and not settings.explain_enabled:  # refused before anything is stored or queued
         raise ProblemError(422, "explain-disabled", "explanations are turned off on this service "
                            "(EXPLAIN_ENABLED=0): submit without explain=true")
+    callback = callback_for(callback_url, request, settings.webhook_host_patterns)  # also before anything is stored
     plan = await run_in_threadpool(partial(
         plan_uploads, [*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
         max_unzipped_bytes=settings.max_unzipped_bytes, max_files=settings.max_files_per_request))
@@ -60,11 +66,24 @@ async def submit_jobs(
         lane = choose_lane(len(plan.images), priority=priority, interactive_max=settings.interactive_max_images)
         batch, jobs = await submit_batch(store, dispatcher, plan, owner=owner, idempotency=idempotency_key,
                                          max_queue=settings.max_queue, explain=explain, lane=lane,
-                                         chunk_size=settings.max_batch)
+                                         chunk_size=settings.max_batch, callback=callback)
     finally:
         plan.close()
     response.headers["Location"] = f"/batches/{batch.id}"
     return SubmitResponse(batch_id=batch.id, lane=batch.lane, jobs=[JobPublic.of(job) for job in jobs])
+
+
+def callback_for(url: str | None, request: Request, allowed: tuple[HostPattern, ...]) -> Callback | None:
+    """The callback a submission asks, with the links to its batch as the client reached this service; 422 for a
+    URL the service will not call (nothing is requested of it)."""
+    if url is None:
+        return None
+    try:
+        check_callback_url(url, allowed)
+    except CallbackRefused as refused:
+        kind = "callbacks-disabled" if not allowed else "invalid-callback-url"
+        raise ProblemError(422, kind, str(refused)) from refused
+    return Callback(url=url, api_url=str(request.base_url))
 
 
 @router.get("/jobs/{job_id}", response_model=JobAnswer, responses=problem_responses(401, 404, 422, 503))

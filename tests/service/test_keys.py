@@ -19,6 +19,7 @@ def test_key_formats_are_pinned():
     assert keys.WORKERS == "pneuradnet:workers"
     assert keys.FAIR_OWNERS == "pneuradnet:fair:owners"
     assert keys.SWEEP_LOCK == "pneuradnet:sweep"
+    assert keys.WEBHOOKS_DUE == "pneuradnet:webhooks:due"
     assert keys.ADMISSIONS == "pneuradnet:admissions"
     assert keys.fair_pending_key("owner1") == "pneuradnet:fair:pending:owner1"
     assert keys.fair_in_flight_key("owner1") == "pneuradnet:fair:in-flight:owner1"
