@@ -38,6 +38,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,11 @@ the killed worker's task comes back within the visibility timeout (plus the 5 s 
 QUIET_SECONDS = 1.0
 """The events channel is read until it has been silent this long (the last messages may still be on their way)."""
 
+MISS_ATTEMPTS = 3
+"""Bulks a drill submits at most: a chunk of 16 takes 0.3 to 1.2 s here, so the one to be killed may finish during
+the delay; the drill then lets the bulk finish and submits it again, waiting half as long (a drill whose last
+attempt missed too kills anyway, and its row shows nothing running at the kill)."""
+
 POLL_INTERVAL = 0.01
 """Seconds between looks at the jobs while waiting for the moment of the kill (a 16-image chunk takes seconds)."""
 
@@ -106,6 +112,12 @@ MOMENTS = (
 class DrillResult:
     drill: int
     moment: str
+    attempts: int
+    """Bulks submitted for this drill: one more each time the chunk to be killed finished during the delay."""
+    share_of_chunk: float
+    """The share of a chunk's time waited before the kill: the moment's, halved at each attempt missed."""
+    chunk_estimate_seconds: float
+    """The running chunk's time as guessed: the bulk's own first chunk's, else the previous drill's chunks'."""
     kill_delay_seconds: float
     """How long after the moment's condition held the worker was killed."""
     succeeded_before_kill: int
@@ -160,6 +172,8 @@ def main() -> None:
     parser.add_argument("--drills", type=int, default=len(MOMENTS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drills.json")
     args = parser.parse_args()
+    # `kill PID` stops the drills as Ctrl-C does: through the `finally` below, which stops the processes started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     folder = Path(str(importlib.metadata.distribution("pneumonia-model-package").locate_file(RADIOGRAPHS)))
     radiographs = sorted(folder.glob("*.jpeg"))
@@ -177,8 +191,9 @@ def main() -> None:
               store=JobStore(redis_url, ttl=3600), fair_share=FairShare(redis_url, ttl=3600), env=env, logs=logs,
               worker=start_worker(worker_log, env), worker_log=worker_log, uploads=uploads)
     results: list[DrillResult] = []
+    calibrated = 0.0
     try:
-        rig.chunk_seconds = _chunk_seconds(rig)
+        calibrated = rig.chunk_seconds = _calibrate(rig)
         for number in range(1, args.drills + 1):
             result = _drill(rig, number, MOMENTS[(number - 1) % len(MOMENTS)])
             results.append(result)
@@ -193,7 +208,7 @@ def main() -> None:
 
     report = {"machine": {**_machine(), "cpu_model": cpu_model(), "instruction_set": _instruction_set()},
               "settings": {"JOB_TIMEOUT": JOB_TIMEOUT, "SWEEP_INTERVAL": SWEEP_INTERVAL, "jobs_per_drill": len(uploads),
-                           "chunk_seconds_calibrated": rig.chunk_seconds},
+                           "chunk_seconds_calibrated": calibrated},
               "totals": _totals(results), "drills": [asdict(result) for result in results], "logs": str(logs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -202,28 +217,36 @@ def main() -> None:
     print(f"\nwritten to {args.out}; the processes' logs are in {logs}")
 
 
-def _chunk_seconds(rig: Rig) -> float:
-    """A chunk's time on this machine, from one bulk run without a kill (which also warms the worker up): the
-    moments' delays are shares of it."""
+def _calibrate(rig: Rig) -> float:
+    """A chunk's time on this machine, from one bulk run without a kill (which also warms the worker up)."""
     job_ids = _submit(rig)
-    wait_until(lambda: all(job.status.finished for job in rig.store.get_jobs(job_ids)), timeout=120,
-               what="the calibration bulk to finish")
+    _wait_finished(rig, job_ids, timeout=120)
     jobs = rig.store.get_jobs(job_ids)
     assert all(job.status is JobStatus.SUCCEEDED for job in jobs), [job.error for job in jobs]
-    return statistics.median(_at(job.finished_at) - _at(job.started_at) for job in jobs)
+    return _chunk_seconds(jobs) or 0.0
 
 
 def _drill(rig: Rig, number: int, moment: Moment) -> DrillResult:
-    log_offsets = {path: path.stat().st_size for path in (rig.logs / "api.log", rig.worker_log)}
-    events = rig.redis.pubsub(ignore_subscribe_messages=True)
-    events.psubscribe(job_channel("*"))
-    metric_before = rig.store.metrics().get("jobs_succeeded", 0.0)
-    job_ids = _submit(rig)
-
-    wait_until(lambda: _reached(rig.store, job_ids, moment), timeout=120, interval=POLL_INTERVAL,
-               what=f"the moment '{moment.name}'")
-    delay = moment.into_chunk * rig.chunk_seconds
-    time.sleep(delay)
+    share = moment.into_chunk
+    for attempt in range(1, MISS_ATTEMPTS + 1):
+        log_offsets = {path: path.stat().st_size for path in (rig.logs / "api.log", rig.worker_log)}
+        events = rig.redis.pubsub(ignore_subscribe_messages=True)
+        events.psubscribe(job_channel("*"))
+        metric_before = rig.store.metrics().get("jobs_succeeded", 0.0)
+        job_ids = _submit(rig)
+        wait_until(partial(_reached, rig.store, job_ids, moment), timeout=120, interval=POLL_INTERVAL,
+                   what=f"the moment '{moment.name}'")
+        # The chunk that just finished in this bulk, if one has, is the best guess of the running one's time.
+        chunk_estimate = _chunk_seconds(rig.store.get_jobs(job_ids)) or rig.chunk_seconds
+        delay = share * chunk_estimate
+        time.sleep(delay)
+        if attempt == MISS_ATTEMPTS or _running(rig.store, job_ids):
+            break
+        # Missed: the chunk finished during the delay. Let the bulk finish, then submit it again, sooner.
+        events.close()
+        _wait_finished(rig, job_ids, timeout=120)
+        wait_until(partial(_settled, rig, job_ids), timeout=SETTLE_TIMEOUT, what="the missed bulk to settle")
+        share /= 2
     killed_at = time.time()
     os.killpg(rig.worker.pid, signal.SIGKILL)  # the worker runs in a session of its own (tests/processes.py)
     rig.worker.wait()
@@ -236,8 +259,7 @@ def _drill(rig: Rig, number: int, moment: Moment) -> DrillResult:
     worker_start = time.monotonic() - started
     log_offsets[rig.worker_log] = 0
     with contextlib.suppress(TimeoutError):  # the jobs still unfinished then are lost: counted below
-        wait_until(lambda: all(job.status.finished for job in rig.store.get_jobs(job_ids)),
-                   timeout=max(0.0, killed_at + FINISH_TIMEOUT - time.time()), what="every job to finish")
+        _wait_finished(rig, job_ids, timeout=max(0.0, killed_at + FINISH_TIMEOUT - time.time()))
     try:
         wait_until(lambda: _settled(rig, job_ids), timeout=SETTLE_TIMEOUT, what="the broker to hold nothing more")
         settled = True
@@ -252,8 +274,10 @@ def _drill(rig: Rig, number: int, moment: Moment) -> DrillResult:
     duplicated = [job for job in jobs if succeeded_events[job.id] > 1]
     finished_at = [_at(job.finished_at) for job in jobs if job.status.finished]
     requeued, redispatched = _reconciled(log_offsets)
+    rig.chunk_seconds = _chunk_seconds(jobs) or rig.chunk_seconds  # the next drill's guess: this one's chunks
     return DrillResult(
-        drill=number, moment=moment.name, kill_delay_seconds=round(delay, 3),
+        drill=number, moment=moment.name, attempts=attempt, share_of_chunk=share,
+        chunk_estimate_seconds=round(chunk_estimate, 3), kill_delay_seconds=round(delay, 3),
         succeeded_before_kill=at_kill[JobStatus.SUCCEEDED], running_at_kill=at_kill[JobStatus.RUNNING],
         lost=len(lost), duplicated=len(duplicated), succeeded=sum(job.status is JobStatus.SUCCEEDED for job in jobs),
         failed_other=dict(Counter(_problem(job) or "?" for job in jobs
@@ -274,6 +298,22 @@ def _submit(rig: Rig) -> list[str]:
     answer.raise_for_status()
     assert answer.json()["lane"] == "bulk", answer.json()["lane"]
     return [job["id"] for job in answer.json()["jobs"]]
+
+
+def _wait_finished(rig: Rig, job_ids: list[str], *, timeout: float) -> None:
+    wait_until(lambda: all(job.status.finished for job in rig.store.get_jobs(job_ids)), timeout=timeout,
+               what="every job to finish")
+
+
+def _chunk_seconds(jobs: list[Job]) -> float | None:
+    """The median time of the tasks that ran these jobs (a job's start is when its task claimed it); None if none
+    has succeeded yet."""
+    times = [_at(job.finished_at) - _at(job.started_at) for job in jobs if job.status is JobStatus.SUCCEEDED]
+    return statistics.median(times) if times else None
+
+
+def _running(store: JobStore, job_ids: list[str]) -> bool:
+    return any(job.status is JobStatus.RUNNING for job in store.get_jobs(job_ids))
 
 
 def _reached(store: JobStore, job_ids: list[str], moment: Moment) -> bool:
@@ -373,14 +413,16 @@ def _totals(results: list[DrillResult]) -> dict:
     }
 
 
-HEADER = ("drill", "moment", "running at kill", "lost", "duplicated", "succeeded events", "jobs_succeeded +",
-          "requeued by reconciler", "worker start s", "earliest requeue s", "recovery s", "quiet s")
+HEADER = ("drill", "moment", "attempts", "kill: share of chunk", "running at kill", "lost", "duplicated",
+          "succeeded events", "jobs_succeeded +", "requeued by reconciler", "worker start s", "earliest requeue s",
+          "recovery s", "quiet s")
 
 
 def _row(result: DrillResult) -> str:
     recovery = "never" if result.recovery_seconds is None else f"{result.recovery_seconds:.1f}"
     other = f" (+{sum(result.failed_other.values())} failed: {result.failed_other})" if result.failed_other else ""
-    return (f"drill {result.drill:2d}  {result.moment:<22}  running at kill {result.running_at_kill:2d}  "
+    return (f"drill {result.drill:2d}  {result.moment:<22}  attempts {result.attempts}  "
+            f"kill at {result.share_of_chunk:.2f} of a chunk  running at kill {result.running_at_kill:2d}  "
             f"lost {result.lost}  duplicated {result.duplicated}  recovery {recovery} s{other}")
 
 
@@ -392,7 +434,9 @@ def _table(report: dict) -> str:
     rows: list[tuple[str, ...]] = [HEADER]
     for drill in report["drills"]:
         recovery = "never" if drill["recovery_seconds"] is None else f"{drill['recovery_seconds']:.1f}"
-        rows.append((str(drill["drill"]), drill["moment"], str(drill["running_at_kill"]), str(drill["lost"]),
+        rows.append((str(drill["drill"]), drill["moment"], str(drill["attempts"]),
+                     f"{drill['share_of_chunk']:.2f} ({drill['kill_delay_seconds']:.2f} s)",
+                     str(drill["running_at_kill"]), str(drill["lost"]),
                      str(drill["duplicated"]), str(drill["succeeded_events"]), f"{drill['jobs_succeeded_metric']:g}",
                      str(drill["requeued_by_reconciler"]), f"{drill['worker_start_seconds']:.1f}",
                      _seconds(drill["earliest_requeue_seconds"]), recovery, _seconds(drill["quiet_seconds"])))
