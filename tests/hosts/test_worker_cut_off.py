@@ -43,8 +43,9 @@ REDELIVERED_WITHIN = max(RECONCILER_TAKES_BACK, BROKER_RESTORES) + 2 * JOB_TIMEO
 """The bound on every job having succeeded after the cut: the later of the two routes, then the surviving worker
 finishing the task it is on and the redelivered one (each at most JOB_TIMEOUT)."""
 HEALED_WITHIN = 60
-"""Seconds after the heal by which the cut-off worker has run new jobs: its broker connection is retried with a
-back-off of at most 30 s (kombu's), then a task takes a few seconds."""
+"""Seconds after the heal by which the cut-off worker has run new jobs: generous, as kombu may back off up to 30 s
+between reconnections; measured 2-3 s (the worker retries every CONNECT_TIMEOUT through the cut, then a task takes
+a fraction of a second)."""
 
 BULK_IMAGES = 64
 NEW_IMAGES = 8
