@@ -28,7 +28,7 @@ from redis.retry import Retry
 HEALTH_CHECK_INTERVAL = 15
 """Seconds a connection may sit idle before it is checked with a PING on its next use."""
 
-SOCKET_TIMEOUT = 5
+SOCKET_TIMEOUT = 3
 """Seconds a command of a synchronous client may wait for its answer."""
 
 CONNECT_TIMEOUT = 2

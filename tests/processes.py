@@ -32,7 +32,7 @@ def free_port() -> int:
 def start_worker(log_path: Path, env: dict[str, str]) -> subprocess.Popen:
     """A worker (prefork pool) logging to log_path; returns once a model process has loaded its model."""
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO",
-               "--without-gossip", "--without-mingle", "-n", f"local-{uuid.uuid4().hex[:8]}@%h"]
+               "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", f"local-{uuid.uuid4().hex[:8]}@%h"]
     with log_path.open("ab") as log:
         # A session of its own, so that the worker can be killed with all its pool processes at once.
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

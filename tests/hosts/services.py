@@ -75,7 +75,7 @@ class Processes:
         """A worker (prefork pool) in each place (a namespace, or None: the host), as tests/processes.py starts one;
         `env(place)` is its environment. They load the model at once; returns when each model process has."""
         command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--loglevel", "INFO",
-                   "--without-gossip", "--without-mingle"]
+                   "--without-heartbeat", "--without-gossip", "--without-mingle"]
         logs = [self._log(f"worker-{namespace.name if namespace else 'host'}") for namespace in where]
         workers = [self._spawn(inside(namespace, [*command, "-n", f"hosts-{uuid.uuid4().hex[:8]}@%h"]), log,
                                env(namespace)) for namespace, log in zip(where, logs, strict=True)]
