@@ -240,7 +240,7 @@ class JobStore:
         jobs = [_job_of(batch, upload) for upload in uploads]
         stored = self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
-                  *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
+                  WEBHOOKS_DUE, *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
             args=[self.ttl, time.time(), now_iso(), batch_channel(batch.id), batch.id,
                   *(item for job, upload in zip(jobs, uploads, strict=True)
                     for item in (job.id, job.filename, upload.data,
@@ -250,7 +250,8 @@ class JobStore:
     def close_admission(self, batch_id: str) -> int:
         """Free a batch's remaining reserved places: every job is stored, or its admission was cut short and the
         batch keeps the jobs it has. The number of jobs never admitted."""
-        return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS], args=[batch_id]))
+        return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS, WEBHOOKS_DUE],
+                                         args=[batch_id, now_iso()]))
 
     def stalled_admissions(self, *, idle_since: float) -> list[str]:
         """Batches still being admitted that stored nothing since `idle_since` (their API died), or have expired."""

@@ -7,7 +7,30 @@ per-slot registries. A single Redis (with replicas or Sentinel) holds far more t
 budget is a few commands per image.
 """
 
-TRANSITION = """
+_MARK_CALLBACK_DUE = """
+-- A batch's callback (service/deliveries.py) is due when its last job finishes, whichever script finishes it: a
+-- transition, an admission that stores a job failed, an admission cut short. A finished job never moves again, so
+-- each finish adds exactly one to the finished count and only one step sees it reach the total; that one records the
+-- delivery id (HSETNX: never twice) and puts the batch in the due registry. Returns the batch id if it did, else ''.
+local function mark_callback_due(batch, due_registry, seed, finished_at)
+  if redis.call('HEXISTS', batch, 'callback_url') == 0 then return '' end
+  local b = redis.call('HMGET', batch, 'succeeded', 'failed', 'canceled', 'total')
+  local finished = (tonumber(b[1]) or 0) + (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0)
+  if finished ~= tonumber(b[4]) then return '' end
+  if redis.call('HSETNX', batch, 'callback_delivery', string.sub(redis.sha1hex(batch .. seed), 1, 32)) == 0 then
+    return ''
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local batch_id = string.match(batch, '([^:]+)$')
+  redis.call('HSET', batch, 'callback_due_at', now, 'finished_at', finished_at or '')
+  redis.call('ZADD', due_registry, now, batch_id)
+  return batch_id
+end
+"""
+
+
+TRANSITION = _MARK_CALLBACK_DUE + """
 -- Moves one job to a new status, if the state machine allows it from the status it is in.
 -- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
 -- KEYS[4] running registry
@@ -47,23 +70,9 @@ else
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[5], target)
--- A callback (service/deliveries.py) is due when the batch's last job finishes. A finished job never moves again, so
--- each finish adds exactly one to the finished count, and only one move sees it reach the total: that one records
--- the delivery id (HSETNX: never twice) and puts the batch in the due registry.
 local due = ''
-if batch_exists and target ~= 'running' and target ~= 'queued'
-    and redis.call('HEXISTS', KEYS[6], 'callback_url') == 1 then
-  local b = redis.call('HMGET', KEYS[6], 'succeeded', 'failed', 'canceled', 'total')
-  local finished = (tonumber(b[1]) or 0) + (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0)
-  if finished == tonumber(b[4])
-      and redis.call('HSETNX', KEYS[6], 'callback_delivery', string.sub(redis.sha1hex(KEYS[6] .. ARGV[1]), 1, 32)) == 1
-  then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-    due = redis.call('HGET', KEYS[1], 'batch_id')
-    redis.call('HSET', KEYS[6], 'callback_due_at', now, 'finished_at', redis.call('HGET', KEYS[1], 'finished_at') or '')
-    redis.call('ZADD', KEYS[8], now, due)
-  end
+if batch_exists and target ~= 'running' and target ~= 'queued' then
+  due = mark_callback_due(KEYS[6], KEYS[8], ARGV[1], redis.call('HGET', KEYS[1], 'finished_at'))
 end
 return {1, status, due}
 """
@@ -98,11 +107,11 @@ if ARGV[9] ~= '' then redis.call('SET', KEYS[2], ARGV[9], 'EX', ARGV[2]) end
 return {'created'}
 """
 
-ADD_JOBS = """
+ADD_JOBS = _MARK_CALLBACK_DUE + """
 -- Stores the next jobs of an open batch, with their images, queued in its lane; a job whose image is known bad
 -- already is stored failed, with its problem, and never queued.
 -- KEYS[1] batch hash   KEYS[2] batch's job list   KEYS[3] the lane's queued registry   KEYS[4] metrics hash
--- KEYS[5] admissions hash   KEYS[6..] per job: its hash, its image
+-- KEYS[5] admissions hash   KEYS[6] callbacks' due registry   KEYS[7..] per job: its hash, its image
 -- ARGV[1] TTL   ARGV[2] queued score (now)   ARGV[3] now (ISO 8601)   ARGV[4] batch channel   ARGV[5] batch id
 -- ARGV[6..] per job: id, filename, bytes, problem (JSON; '' for a job to queue)
 -- Returns 0 if the batch is gone (expired), else 1.
@@ -111,7 +120,7 @@ local batch = redis.call('HMGET', KEYS[1], 'created_at', 'owner', 'explain', 'la
 local count = (#ARGV - 5) / 4
 for i = 0, count - 1 do
   local id, filename, data, problem = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
-  local record, image = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+  local record, image = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   redis.call('RPUSH', KEYS[2], id)
   redis.call('HSET', record, 'id', id, 'batch_id', ARGV[5], 'filename', filename, 'created_at', batch[1],
              'deliveries', '0', 'owner', batch[2], 'explain', batch[3], 'lane', batch[4])
@@ -133,14 +142,15 @@ redis.call('HINCRBY', KEYS[1], 'admitted', count)
 redis.call('HSET', KEYS[1], 'admitting_at', ARGV[2])
 if redis.call('HINCRBY', KEYS[5], ARGV[5], 0 - count) <= 0 then redis.call('HDEL', KEYS[5], ARGV[5]) end
 redis.call('HINCRBY', KEYS[4], 'jobs_submitted', count)
+mark_callback_due(KEYS[1], KEYS[6], ARGV[5], ARGV[3])  -- every job of the batch may have been stored failed
 return 1
 """
 
-CLOSE_ADMISSION = """
+CLOSE_ADMISSION = _MARK_CALLBACK_DUE + """
 -- Ends a batch's admission: its remaining reserved places are freed. A batch whose admission was cut short (its
 -- API died) keeps the jobs it has: its total becomes what was admitted, so it can finish, and it says so.
--- KEYS[1] batch hash   KEYS[2] admissions hash
--- ARGV[1] batch id
+-- KEYS[1] batch hash   KEYS[2] admissions hash   KEYS[3] callbacks' due registry
+-- ARGV[1] batch id   ARGV[2] now (ISO 8601)
 -- Returns the number of jobs that were never admitted.
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -149,6 +159,7 @@ local missing = total - tonumber(redis.call('HGET', KEYS[1], 'admitted') or 0)
 if missing > 0 then
   redis.call('HINCRBY', KEYS[1], 'queued', -missing)
   redis.call('HSET', KEYS[1], 'total', total - missing, 'interrupted', missing)
+  mark_callback_due(KEYS[1], KEYS[3], ARGV[1], ARGV[2])  -- what it kept may all have finished already
 end
 redis.call('HDEL', KEYS[1], 'admitting_at')
 return missing

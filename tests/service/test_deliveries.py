@@ -160,3 +160,21 @@ def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: 
     for part in (reconciler, fair_share, workers, store):
         part.close()
     celery.close()
+
+
+def test_a_batch_finished_by_its_own_admission_is_due(redis: Redis):
+    store = JobStore(TEST_REDIS_URL, ttl=600)
+    unreadable = {"type": "urn:pneuradnet:problem:invalid-zip-member", "title": "Invalid ZIP member", "status": 422,
+                  "detail": "member a.png of s.zip cannot be read"}
+    every_member_bad, _ = store.open_batch(total=1, callback=CALLBACK)
+    store.add_jobs(every_member_bad, [Upload("a.png", b"", error=unreadable)])
+    cut_short, _ = store.open_batch(total=3, callback=CALLBACK)  # its API dies after one image, which then finishes
+    (job,) = store.add_jobs(cut_short, [Upload("b.png", b"b")])
+    store.start(job.id, deadline=time.time() + 60)
+    store.succeed(job.id, {"predicted_class": "NORMAL"})
+    assert redis.zscore(WEBHOOKS_DUE, cut_short.id) is None  # two of its three images are still to come
+
+    store.close_admission(cut_short.id)
+
+    assert set(redis.zrange(WEBHOOKS_DUE, 0, -1)) == {every_member_bad.id, cut_short.id}
+    store.close()
