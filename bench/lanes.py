@@ -28,8 +28,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,20 +79,16 @@ class Answer:
         return (self.answered - self.sent) * 1000
 
 
-@dataclass
 class InteractiveStream:
     """Key B's single images sent to POST /predict/ at a steady rate, whatever each takes (open loop: a slow answer
     does not delay the next request), until stopped."""
 
-    client: httpx.Client
-    radiographs: list[Path]
-    rate: float
-    answers: list[Answer] = field(default_factory=list)
-    _stopped: threading.Event = field(default_factory=threading.Event)
-    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=8))
-    _futures: list[Future] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, client: httpx.Client, radiographs: list[Path], rate: float) -> None:
+        self.rate = rate
+        self._client, self._radiographs = client, radiographs
+        self._stopped = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8)  # requests in flight at once, should answers slow down
+        self._futures: list[Future[Answer]] = []
         self._thread = threading.Thread(target=self._send, name="interactive-stream", daemon=True)
 
     def start(self) -> None:
@@ -101,17 +98,17 @@ class InteractiveStream:
         """Stop sending; return every answer once the requests in flight are answered."""
         self._stopped.set()
         self._thread.join()
-        self.answers = [future.result() for future in self._futures]
+        answers = [future.result() for future in self._futures]
         self._pool.shutdown()
-        return self.answers
+        return answers
 
     def _send(self) -> None:
         started = time.perf_counter()
         for n in itertools.count():
             if self._stopped.wait(max(0.0, started + n / self.rate - time.perf_counter())):
                 return
-            path = self.radiographs[n % len(self.radiographs)]
-            self._futures.append(self._pool.submit(_predict, self.client, path))
+            path = self._radiographs[n % len(self._radiographs)]
+            self._futures.append(self._pool.submit(_predict, self._client, path))
 
 
 class CpuMeter:
@@ -208,7 +205,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lanes.json")
     args = parser.parse_args()
 
-    folder = Path(importlib.metadata.distribution("pneumonia-model-package").locate_file(RADIOGRAPHS))
+    folder = Path(str(importlib.metadata.distribution("pneumonia-model-package").locate_file(RADIOGRAPHS)))
     radiographs = sorted(folder.glob("*.jpeg"))
     bulk = [radiographs[n % len(radiographs)] for n in range(args.bulk_images)]
     peak = cpu_peak(os.cpu_count() or 1)  # before the service starts, on a quiet machine
@@ -374,10 +371,11 @@ def _landing(client: httpx.Client, answer: Answer, chunks: list[tuple[float, flo
 def _throughput(meter: CpuMeter, a: httpx.Client, b: httpx.Client, bulk: list[Path], radiographs: list[Path],
                 rate: float, runs: int) -> dict:
     """The bulk upload alone and with interactive images alongside, alternating, `runs` times each."""
-    alone, alongside = [], []
+    alone: list[dict] = []
+    alongside: list[dict] = []
     for n in range(runs):
         for kept, stream_rate, name in ((alone, None, "alone"), (alongside, rate, "alongside")):
-            run, usage, dropped = _quietly(meter, lambda r=stream_rate: _bulk_run(a, b, bulk, radiographs, rate=r),
+            run, usage, dropped = _quietly(meter, partial(_bulk_run, a, b, bulk, radiographs, rate=stream_rate),
                                            f"bulk {name}, run {n + 1}")
             kept.append({**run, "cpu_seconds": usage, "measurements_thrown_away": dropped})
     bulk_alone = statistics.median(run["bulk_images_per_second"] for run in alone)
@@ -461,8 +459,8 @@ def _table(report: dict) -> str:
                  + ")"
                  + ("; the bulk finished before the last" if behind["bulk_finished_before_last_single"] else ""))
     lines.append("")
-    rows = [(f"bulk of {n} images (key A)", "bulk images/s", "total images/s", "each run: bulk images/s "
-             "(others' CPU)")]
+    rows: list[tuple[str, ...]] = [(f"bulk of {n} images (key A)", "bulk images/s", "total images/s",
+                                    "each run: bulk images/s (others' CPU)")]
     for name, runs, bulk_rate, total_rate in (
             ("alone", throughput["alone"], throughput["bulk_alone_images_per_second"],
              throughput["bulk_alone_images_per_second"]),
