@@ -33,6 +33,7 @@ from redis.client import PubSub
 from bench.compute import cpu_model, cpu_peak
 from bench.inprocess import bulk_images_per_second
 from pneuradnet.classifier import Classifier
+from pneuradnet.manifest import MODEL_CACHE_DIR
 from tests.processes import start_api, start_worker, stop
 
 RADIOGRAPHS = "pneumonia_model_package/datasets/pneumonia-data/val"
@@ -68,7 +69,7 @@ def _measure(items: list[tuple[str, bytes]], archive: bytes, radiographs: list[P
     logs = Path(tempfile.mkdtemp(prefix="pneuradnet-bench-bulk-"))
     api, url = start_api(logs / "api.log", env)
     worker = start_worker(logs / "worker.log", env)
-    local = Classifier.load("default", runtime="onnxruntime")
+    local = Classifier.load("default", runtime="onnxruntime", cache_dir=MODEL_CACHE_DIR)
     local.warm_up()
     try:
         with httpx.Client(base_url=url, timeout=300) as client:

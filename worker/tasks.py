@@ -101,7 +101,7 @@ def load_resources(settings: Settings) -> ProcessResources:
     return resources
 
 
-BUSY_GAP = 5.0
+BUSY_GAP = 0.5
 """Seconds between two tasks of a model process beyond which the wait is an empty queue, not a gap between chunks
 (only the shorter ones are measured: `between_tasks_seconds`)."""
 
