@@ -67,10 +67,10 @@ def _measure(items: list[tuple[str, bytes]], archive: bytes, radiographs: list[P
     redis.flushdb()
     env = {**os.environ, "REDIS_URL": redis_url, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     logs = Path(tempfile.mkdtemp(prefix="pneuradnet-bench-bulk-"))
-    api, url = start_api(logs / "api.log", env)
-    worker = start_worker(logs / "worker.log", env)
     local = Classifier.load("default", runtime="onnxruntime", cache_dir=MODEL_CACHE_DIR)
     local.warm_up()
+    api, url = start_api(logs / "api.log", env)
+    worker = start_worker(logs / "worker.log", env)
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
             _upload(client, redis, _zip(items[:32]))  # the service's warm-up: first batches, connections
