@@ -3,6 +3,7 @@
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,9 @@ from tests.processes import stop
 
 TEST_REDIS_URL = os.environ.get("PNEURADNET_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
+UNCONSUMED_REDIS_URL = os.environ.get("PNEURADNET_UNCONSUMED_REDIS_URL", "redis://127.0.0.1:6379/10")
+"""A database no worker of the test session consumes: tests that read back the tasks they enqueue use it."""
+
 # Whatever this test process enqueues or reads through the service's own settings goes to the test database.
 os.environ["REDIS_URL"] = TEST_REDIS_URL
 
@@ -30,6 +34,19 @@ def wipe_jobs(url: str = TEST_REDIS_URL) -> None:
     if keys:
         redis.delete(*keys)
     redis.close()
+
+
+@contextmanager
+def empty_database(url: str = TEST_REDIS_URL, *, decode: bool = True) -> Iterator[Redis]:
+    """A client of the database at `url`, flushed before and after: for tests that own a whole database (no worker
+    of the session consumes it, or nothing they do enqueues)."""
+    client = Redis.from_url(url, decode_responses=decode)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def enqueue(job_ids: list[str], url: str = TEST_REDIS_URL) -> None:

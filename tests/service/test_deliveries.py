@@ -20,23 +20,23 @@ from service.reconciler import Reconciler
 from service.settings import Settings
 from service.webhooks import Callback, CallbackState, Verdict
 from service.workers import WorkerRegistry
-from tests.live_service import TEST_REDIS_URL
+from tests.live_service import UNCONSUMED_REDIS_URL, empty_database
+
+URL = UNCONSUMED_REDIS_URL
+"""No worker of the test session consumes it: the tasks a test sends stay where it can read them."""
 
 CALLBACK = Callback("https://hooks.example.org/done", "http://api.test/")
 
 
 @pytest.fixture
 def redis() -> Iterator[Redis]:
-    client = Redis.from_url(TEST_REDIS_URL, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with empty_database(URL) as client:
+        yield client
 
 
 @pytest.fixture
 def deliveries(redis: Redis) -> Iterator[Deliveries]:
-    book = Deliveries(TEST_REDIS_URL)
+    book = Deliveries(URL)
     yield book
     book.close()
 
@@ -56,7 +56,7 @@ def finish_with(together: threading.Barrier, store: JobStore, job_id: str) -> No
 
 def test_the_last_of_two_jobs_finished_at_the_same_moment_makes_the_callback_due_once(redis: Redis):
     due: list[str] = []
-    stores = [JobStore(TEST_REDIS_URL, ttl=600, on_callback_due=due.append) for _ in range(2)]
+    stores = [JobStore(URL, ttl=600, on_callback_due=due.append) for _ in range(2)]
     batch_ids = []
     for _ in range(200):
         batch, jobs, _ = stores[0].create_batch([Upload("a.png", b"a"), Upload("b.png", b"b")], callback=CALLBACK)
@@ -80,7 +80,7 @@ def test_the_last_of_two_jobs_finished_at_the_same_moment_makes_the_callback_due
 
 def test_a_batch_finished_by_cancellation_is_due_and_one_without_callback_never(redis: Redis):
     due: list[str] = []
-    store = JobStore(TEST_REDIS_URL, ttl=600, on_callback_due=due.append)
+    store = JobStore(URL, ttl=600, on_callback_due=due.append)
     batch, _, _ = store.create_batch([Upload("a.png", b"a"), Upload("b.png", b"b")], callback=CALLBACK)
     assert store.get_batch(batch.id).callback.delivery_id is None
     store.cancel_batch(batch.id)
@@ -91,7 +91,7 @@ def test_a_batch_finished_by_cancellation_is_due_and_one_without_callback_never(
 
 
 def test_one_task_of_those_sent_for_an_attempt_makes_it(redis: Redis, deliveries: Deliveries):
-    store = JobStore(TEST_REDIS_URL, ttl=600)
+    store = JobStore(URL, ttl=600)
     batch_id = finished_batch(store)
     first = deliveries.claim(batch_id, attempts_seen=0, lease=60)
     assert first is not None and first.number == 1
@@ -116,7 +116,7 @@ def test_one_task_of_those_sent_for_an_attempt_makes_it(redis: Redis, deliveries
 
 
 def test_an_attempt_whose_lease_ran_out_is_taken_over_and_its_late_outcome_ignored(redis, deliveries):
-    store = JobStore(TEST_REDIS_URL, ttl=600)
+    store = JobStore(URL, ttl=600)
     batch_id = finished_batch(store)
     assert deliveries.claim(batch_id, attempts_seen=0, lease=0.2).number == 1
     time.sleep(0.3)  # its worker died mid-request
@@ -130,7 +130,7 @@ def test_an_attempt_whose_lease_ran_out_is_taken_over_and_its_late_outcome_ignor
 
 
 def test_no_retry_starts_past_the_max_age(redis: Redis, deliveries: Deliveries):
-    store = JobStore(TEST_REDIS_URL, ttl=600)
+    store = JobStore(URL, ttl=600)
     batch_id = finished_batch(store)
     deliveries.claim(batch_id, attempts_seen=0, lease=60)
     recorded = deliveries.record(batch_id, 1, Verdict.RETRY, error="refused", retry_wait=10, max_age=5)
@@ -140,7 +140,7 @@ def test_no_retry_starts_past_the_max_age(redis: Redis, deliveries: Deliveries):
 
 
 def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: Redis, deliveries: Deliveries):
-    store = JobStore(TEST_REDIS_URL, ttl=600)  # no on_callback_due: as if the worker died before sending the task
+    store = JobStore(URL, ttl=600)  # no on_callback_due: as if the worker died before sending the task
     batch_id = finished_batch(store)
     gone = finished_batch(store)
     redis.delete(f"pneuradnet:batch:{gone}")  # expired
@@ -149,9 +149,9 @@ def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: 
     assert redis.zrange(WEBHOOKS_DUE, 0, -1) == [batch_id]
 
     redis.zadd(WEBHOOKS_DUE, {batch_id: 0})
-    celery = make_celery(Settings(redis_url=TEST_REDIS_URL))
-    workers, fair_share = WorkerRegistry(TEST_REDIS_URL), FairShare(TEST_REDIS_URL, ttl=600)
-    reconciler = Reconciler(url=TEST_REDIS_URL, store=store, workers=workers, fair_share=fair_share, celery=celery,
+    celery = make_celery(Settings(redis_url=URL))
+    workers, fair_share = WorkerRegistry(URL), FairShare(URL, ttl=600)
+    reconciler = Reconciler(url=URL, store=store, workers=workers, fair_share=fair_share, celery=celery,
                             max_batch=16, sweep_interval=30)
     assert reconciler.sweep().callbacks == 1
     (message,) = [json.loads(raw) for raw in redis.lrange(WEBHOOK_QUEUE, 0, -1)]
@@ -163,7 +163,7 @@ def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: 
 
 
 def test_a_batch_finished_by_its_own_admission_is_due(redis: Redis):
-    store = JobStore(TEST_REDIS_URL, ttl=600)
+    store = JobStore(URL, ttl=600)
     unreadable = {"type": "urn:pneuradnet:problem:invalid-zip-member", "title": "Invalid ZIP member", "status": 422,
                   "detail": "member a.png of s.zip cannot be read"}
     every_member_bad, _ = store.open_batch(total=1, callback=CALLBACK)

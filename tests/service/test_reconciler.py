@@ -15,17 +15,15 @@ from service.queue import job_ids_in_broker, make_celery, send_classify_task
 from service.reconciler import RUNNING_MARGIN, Reconciler
 from service.settings import Settings
 from service.workers import WorkerRegistry
+from tests.live_service import UNCONSUMED_REDIS_URL, empty_database
 
-URL = "redis://127.0.0.1:6379/10"
+URL = UNCONSUMED_REDIS_URL
 
 
 @pytest.fixture
 def redis() -> Iterator[Redis]:
-    client = Redis.from_url(URL, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with empty_database(URL) as client:
+        yield client
 
 
 @pytest.fixture

@@ -15,23 +15,20 @@ from api.main import create_app
 from service.jobstore import JobStore
 from service.settings import Settings
 from tests.api.routes.support import ROUTE_SETTINGS, Serve
-from tests.live_service import TEST_REDIS_URL
+from tests.live_service import UNCONSUMED_REDIS_URL, empty_database
 
 
 @pytest.fixture
 def redis_db() -> Iterator[Redis]:
     """The test database, empty before and after the test: job store and broker queue alike."""
-    redis = Redis.from_url(TEST_REDIS_URL)
-    redis.flushdb()
-    yield redis
-    redis.flushdb()
-    redis.close()
+    with empty_database(UNCONSUMED_REDIS_URL, decode=False) as redis:
+        yield redis
 
 
 @pytest.fixture
 def store(redis_db: Redis) -> Iterator[JobStore]:
     """The job store the API uses, for what a worker would do (start, succeed) and for checking what was kept."""
-    job_store = JobStore(TEST_REDIS_URL, ttl=ROUTE_SETTINGS["job_ttl"])
+    job_store = JobStore(UNCONSUMED_REDIS_URL, ttl=ROUTE_SETTINGS["job_ttl"])
     yield job_store
     job_store.close()
 

@@ -14,12 +14,12 @@ from redis import Redis
 
 from service.keys import fair_pending_key
 from service.queue import CLASSIFY_TASK, QUEUES
-from tests.live_service import TEST_REDIS_URL
+from tests.live_service import UNCONSUMED_REDIS_URL
 
 PROBLEM_JSON = "application/problem+json"
 
 ROUTE_SETTINGS = {
-    "redis_url": TEST_REDIS_URL,
+    "redis_url": UNCONSUMED_REDIS_URL,
     "model_manifest": "default",  # only its labels are read (CSV columns); no model is loaded
     "api_keys": "",
     "max_batch": 4,
