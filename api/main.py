@@ -22,7 +22,7 @@ from service.fairshare import FairShare
 from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
 from service.metrics import StoreCollector
-from service.queue import make_celery, send_bulk_chunks, send_classify_task
+from service.queue import make_celery, send_classify_task
 from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
@@ -46,8 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = EnqueueBatcher(partial(send_classify_task, app=celery, lane=Lane.INTERACTIVE),
                                  max_batch=settings.max_batch, wait_seconds=settings.batch_wait_ms / 1000)
         app.state.dispatcher = Dispatcher(
-            batcher=batcher, fair_share=app.state.fair_share, workers=app.state.workers, max_batch=settings.max_batch,
-            send_chunks=lambda chunks, owner: send_bulk_chunks(chunks, owner=owner, app=celery))
+            batcher=batcher, fair_share=app.state.fair_share, workers=app.state.workers, celery=celery,
+            max_batch=settings.max_batch)
         reconciler = Reconciler(url=settings.redis_url, store=app.state.store, workers=app.state.workers,
                                 fair_share=app.state.fair_share, celery=celery, max_batch=settings.max_batch,
                                 sweep_interval=settings.sweep_interval)

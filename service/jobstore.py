@@ -88,11 +88,6 @@ ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {
 """The state machine: for each target status, the statuses a job may move to it from."""
 
 
-
-
-
-
-
 @dataclass(frozen=True)
 class Job:
     id: str

@@ -6,6 +6,7 @@ code lives in worker.tasks, named here as a string so that only Celery itself lo
 
 import base64
 import json
+import uuid
 from collections.abc import Sequence
 
 from celery import Celery
@@ -13,7 +14,7 @@ from kombu import Queue
 from redis import Redis
 
 from service.connections import CONNECT_TIMEOUT, HEALTH_CHECK_INTERVAL
-from service.fairshare import Chunk
+from service.fairshare import Chunk, FairShare
 from service.jobstore import Lane
 from service.settings import Settings
 
@@ -137,6 +138,15 @@ def send_delivery_task(batch_id: str, attempts_seen: int, *, app: Celery, countd
     """Enqueue an attempt at a batch's callback delivery (service/deliveries.py), at once or `countdown` seconds on;
     `attempts_seen`, the attempts made so far, lets only one task of those sent for one attempt make it."""
     app.send_task(DELIVER_TASK, args=[batch_id, attempts_seen], queue=WEBHOOK_QUEUE, countdown=countdown)
+
+
+def enqueue_bulk(job_ids: Sequence[str], *, owner: str, fair_share: FairShare, window: int, max_batch: int,
+                 app: Celery) -> None:
+    """Cut an owner's bulk jobs into chunks of `max_batch`, hand them to fair share, and send the ones it releases
+    now; the others go as the owner's earlier chunks finish."""
+    chunks = [Chunk(id=str(uuid.uuid4()), job_ids=list(job_ids[start:start + max_batch]))
+              for start in range(0, len(job_ids), max_batch)]
+    send_bulk_chunks(fair_share.admit(owner, chunks, window=window), owner=owner, app=app)
 
 
 def send_bulk_chunks(chunks: Sequence[Chunk], *, owner: str, app: Celery) -> None:

@@ -23,7 +23,6 @@ machine refuses a second result.
 
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +31,12 @@ from celery import Celery
 
 from service.connections import connect
 from service.deliveries import Deliveries
-from service.fairshare import Chunk, FairShare, window_for
+from service.fairshare import FairShare, window_for
 from service.jobstore import Job, JobStore, Lane
 from service.queue import (
     HARD_LIMIT_MARGIN,
+    enqueue_bulk,
     job_ids_in_broker,
-    send_bulk_chunks,
     send_classify_task,
     send_delivery_task,
 )
@@ -134,6 +133,5 @@ class Reconciler:
             send_classify_task(interactive[start:start + self._max_batch], app=self._celery, lane=Lane.INTERACTIVE)
         window = window_for(self._workers.count())
         for owner, job_ids in bulk.items():
-            chunks = [Chunk(id=str(uuid.uuid4()), job_ids=job_ids[start:start + self._max_batch])
-                      for start in range(0, len(job_ids), self._max_batch)]
-            send_bulk_chunks(self._fair_share.admit(owner, chunks, window=window), owner=owner, app=self._celery)
+            enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window, max_batch=self._max_batch,
+                         app=self._celery)
