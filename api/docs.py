@@ -15,8 +15,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import HTMLResponse
+
+from api.routes.page import NO_CACHE, RevalidatedStaticFiles
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -31,17 +32,7 @@ SWAGGER_UI_PARAMETERS: dict[str, Any] = {"validatorUrl": None}
 """No validator badge: it would be fetched from validator.swagger.io (FastAPI's BaseLayout shows none today; this
 keeps it so)."""
 
-NO_CACHE = "no-cache"
-"""Browsers keep the files but ask again (a cheap 304 by ETag), so an upgraded package is never hidden by a cache."""
-
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
-
-
-class _RevalidatedStaticFiles(StaticFiles):
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = NO_CACHE
-        return response
 
 
 def content_security_policy(html: str) -> str:
@@ -66,7 +57,7 @@ def install_docs(app: FastAPI) -> None:
     redoc_url=None, so that FastAPI's CDN pages are not registered first."""
     if app.docs_url is not None or app.redoc_url is not None:
         raise ValueError("create the FastAPI app with docs_url=None and redoc_url=None before install_docs")
-    app.mount(ASSETS_URL, _RevalidatedStaticFiles(directory=ASSETS_DIR), name="docs-assets")
+    app.mount(ASSETS_URL, RevalidatedStaticFiles(directory=ASSETS_DIR), name="docs-assets")
 
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:

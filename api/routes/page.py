@@ -9,6 +9,7 @@ import hashlib
 import html
 import re
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -31,15 +32,17 @@ PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 """`{{name}}` in index.html: replaced by the value of that name in page_settings()."""
 
 
-class _RevalidatedStaticFiles(StaticFiles):
-    def file_response(self, *args, **kwargs) -> Response:
+class RevalidatedStaticFiles(StaticFiles):
+    """Static files that browsers revalidate (NO_CACHE): the page's, and the API documentation's (api/docs.py)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers["Cache-Control"] = NO_CACHE
         return response
 
 
 router = APIRouter(tags=["page"])
-router.mount("/static", _RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
+router.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
 
 
 @router.get("/", include_in_schema=False)
