@@ -52,7 +52,12 @@ def start_api(log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, st
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    wait_for_api(process, url, log_path)
+    return process, url
 
+
+def wait_for_api(process: subprocess.Popen, url: str, log_path: Path) -> None:
+    """Return once the API process answers /healthz at `url`; raise with its log's end if it exits first."""
     def answers() -> bool:
         try:
             return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
@@ -62,7 +67,6 @@ def start_api(log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, st
     wait_until(answers, timeout=STARTUP_TIMEOUT, what="the API to answer")
     if process.poll() is not None:
         raise RuntimeError(f"the API exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-    return process, url
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -10,11 +10,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
 from redis import Redis
 
 from tests.hosts.network import Namespace
-from tests.processes import ROOT, STARTUP_TIMEOUT, free_port, wait_until
+from tests.processes import ROOT, STARTUP_TIMEOUT, free_port, wait_for_api, wait_until
 
 
 class RedisServer:
@@ -94,16 +93,7 @@ class Processes:
         api = self._spawn(namespace.command(sys.executable, "-m", "uvicorn", "api.main:app", "--host",
                                             namespace.address, "--port", str(port)), log, env)
         url = f"http://{namespace.address}:{port}"
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return api.poll() is not None
-
-        wait_until(answers, timeout=STARTUP_TIMEOUT, what="the API to answer")
-        if api.poll() is not None:
-            raise RuntimeError(f"the API exited with {api.returncode}:\n{log.read_text()[-3000:]}")
+        wait_for_api(api, url, log)
         return api, url
 
     def stop(self, process: subprocess.Popen, *, grace: float = 30) -> None:
