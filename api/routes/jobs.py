@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
+from api.large_pieces import LargePieceRoute
 from api.problems import ProblemError, problem_responses
 from api.schemas import JobAnswer, JobPublic, SubmitResponse
 from api.submission import choose_lane, submit_batch, wait_for_job
@@ -17,7 +18,7 @@ from service.logs import job_event
 from service.webhooks import Callback, CallbackRefused, HostPattern, check_callback_url
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=LargePieceRoute)
 
 MAX_WAIT = 30.0
 """Longest long-poll a client may ask of GET /jobs/{id}, in seconds."""

@@ -8,13 +8,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
+from api.large_pieces import LargePieceRoute
 from api.problems import ProblemError, problem_responses
 from api.schemas import LegacyPrediction
 from api.submission import submit_batch, wait_for_job
 from api.uploads import plan_uploads
 from service.jobstore import JobStatus, Lane
 
-router = APIRouter(tags=["predict (synchronous)"])
+router = APIRouter(tags=["predict (synchronous)"], route_class=LargePieceRoute)
 
 
 @router.post("/predict/", response_model=LegacyPrediction,

@@ -1,6 +1,7 @@
 """POST /jobs: images and ZIP archives become stored jobs, enqueued in tasks of MAX_BATCH; bad uploads are
 refused whole, with nothing stored or enqueued."""
 
+import os
 import zipfile
 
 import httpx
@@ -152,3 +153,14 @@ async def test_a_request_without_images_is_refused(api: httpx.AsyncClient, redis
     assert_problem(form_without_files, 422, "no-files")
     assert_problem(empty, 422, "no-files")
     assert_nothing_kept(redis_db, store)
+
+
+async def test_files_of_several_mib_arrive_byte_for_byte(api: httpx.AsyncClient, store: JobStore):
+    loose = png() + os.urandom(3 * 2**20)  # a PNG's bytes and then noise: only the stored bytes are compared
+    members = {f"{n}.png": png(n) + os.urandom(2**20 + n) for n in range(3)}
+
+    answer = await api.post("/jobs", files=[("files", ("big.png", loose, "image/png")),
+                                            ("files", ("study.zip", zip_of(members), "application/zip"))])
+
+    assert answer.status_code == 202, answer.text
+    assert store.images([job["id"] for job in answer.json()["jobs"]]) == [loose, *members.values()]
