@@ -13,14 +13,16 @@ service that is not running is said at once, not after half a minute of pauses; 
 connection that fails (a restart, a dropped link) is retried as above.
 """
 
+import io
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -140,13 +142,14 @@ class Client:
         new one, so a submission whose answer was lost can be repeated safely. With `explain`, each succeeded
         job also gets a Grad-CAM heatmap (see `heatmap`).
         """
-        files = [("files", _named_bytes(item)) for item in items]
-        if not files:
-            raise ValueError("nothing to submit: give at least one image")
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        params = {"explain": "true"} if explain else {}
-        body = self._request("POST", "/jobs", files=files, headers=headers, params=params,
-                             resendable=idempotency_key is not None).json()
+        with ExitStack() as opened:
+            files = [("files", _named_file(item, opened)) for item in items]
+            if not files:
+                raise ValueError("nothing to submit: give at least one image")
+            headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+            params = {"explain": "true"} if explain else {}
+            body = self._request("POST", "/jobs", files=files, headers=headers, params=params,
+                                 resendable=idempotency_key is not None).json()
         return Submission(batch_id=body["batch_id"], jobs=body["jobs"])
 
     def get(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
@@ -234,12 +237,15 @@ class Client:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _named_bytes(item: Item) -> tuple[str, bytes]:
+def _named_file(item: Item, opened: ExitStack) -> tuple[str, BinaryIO]:
+    """The item as a named file for httpx to send from. Bytes are wrapped in a file as well: httpx sends a file in
+    64 KiB writes, but a bytes value in one write that copies what is left after each send of the socket, so a
+    109 MB archive took 0.8 s to send over loopback instead of 0.2 s."""
     if isinstance(item, tuple):
         name, data = item
-        return name, bytes(data)
+        return name, io.BytesIO(data)
     path = Path(item)
-    return path.name, path.read_bytes()
+    return path.name, opened.enter_context(path.open("rb"))
 
 
 def _service_error(response: httpx.Response) -> ServiceError:
