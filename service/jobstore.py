@@ -233,13 +233,20 @@ class JobStore:
         """Store the next jobs of an open batch, queued in its lane (an upload known bad is stored failed); the jobs
         stored, in order. Nothing is stored if the batch has expired."""
         jobs = [_job_of(batch, upload) for upload in uploads]
-        stored = self._add_jobs(
+        pipe = self._redis.pipeline(transaction=False)
+        # The images go in as plain SETs ahead of the script, in the same round trip: handed to the script, each
+        # would be copied into Lua and back out, which doubled Redis' time to store a 109 MB archive (0.4 s).
+        for job, upload in zip(jobs, uploads, strict=True):
+            if upload.error is None:
+                pipe.set(image_key(job.id), upload.data, ex=self.ttl)
+        self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
                   WEBHOOKS_DUE, *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
             args=[self.ttl, time.time(), now_iso(), batch_channel(batch.id), batch.id,
                   *(item for job, upload in zip(jobs, uploads, strict=True)
-                    for item in (job.id, job.filename, upload.data,
-                                 json.dumps(upload.error) if upload.error is not None else ""))])
+                    for item in (job.id, job.filename, json.dumps(upload.error) if upload.error is not None else ""))],
+            client=pipe)
+        *_, stored = pipe.execute()
         return jobs if stored else []
 
     def close_admission(self, batch_id: str) -> int:

@@ -108,25 +108,27 @@ return {'created'}
 """
 
 ADD_JOBS = _MARK_CALLBACK_DUE + """
--- Stores the next jobs of an open batch, with their images, queued in its lane; a job whose image is known bad
--- already is stored failed, with its problem, and never queued.
+-- Stores the next jobs of an open batch, queued in its lane; a job whose image is known bad already is stored
+-- failed, with its problem, and never queued. The images of the jobs to queue were stored just before, apart.
 -- KEYS[1] batch hash   KEYS[2] batch's job list   KEYS[3] the lane's queued registry   KEYS[4] metrics hash
 -- KEYS[5] admissions hash   KEYS[6] callbacks' due registry   KEYS[7..] per job: its hash, its image
 -- ARGV[1] TTL   ARGV[2] queued score (now)   ARGV[3] now (ISO 8601)   ARGV[4] batch channel   ARGV[5] batch id
--- ARGV[6..] per job: id, filename, bytes, problem (JSON; '' for a job to queue)
--- Returns 0 if the batch is gone (expired), else 1.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- ARGV[6..] per job: id, filename, problem (JSON; '' for a job to queue)
+-- Returns 0 if the batch is gone (expired), and removes the images, else 1.
+local count = (#ARGV - 5) / 3
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 0, count - 1 do redis.call('DEL', KEYS[8 + 2 * i]) end
+  return 0
+end
 local batch = redis.call('HMGET', KEYS[1], 'created_at', 'owner', 'explain', 'lane')
-local count = (#ARGV - 5) / 4
 for i = 0, count - 1 do
-  local id, filename, data, problem = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
-  local record, image = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local id, filename, problem = ARGV[6 + 3 * i], ARGV[7 + 3 * i], ARGV[8 + 3 * i]
+  local record = KEYS[7 + 2 * i]
   redis.call('RPUSH', KEYS[2], id)
   redis.call('HSET', record, 'id', id, 'batch_id', ARGV[5], 'filename', filename, 'created_at', batch[1],
              'deliveries', '0', 'owner', batch[2], 'explain', batch[3], 'lane', batch[4])
   if problem == '' then
     redis.call('HSET', record, 'status', 'queued')
-    redis.call('SET', image, data, 'EX', ARGV[1])
     redis.call('ZADD', KEYS[3], ARGV[2], id)
   else
     redis.call('HSET', record, 'status', 'failed', 'error', problem, 'finished_at', ARGV[3])

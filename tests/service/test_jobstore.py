@@ -25,6 +25,15 @@ def test_a_batch_is_stored_with_its_jobs_images_and_expiry(store: JobStore, redi
         assert 0 < redis.ttl(key) <= 600
 
 
+def test_jobs_added_to_a_batch_that_has_expired_are_not_stored_nor_their_images(store: JobStore, redis: Redis):
+    batch, _ = store.open_batch(total=2)
+    redis.delete(keys.batch_key(batch.id))  # its TTL ran out while the upload was still being read
+
+    assert store.add_jobs(batch, [Upload("a.png", b"\x89PNG a"), Upload("b.png", b"\x89PNG b")]) == []
+    assert redis.keys(keys.job_key("*")) == []  # neither records nor images (their keys extend the record's)
+    assert store.queued_count() == 0
+
+
 def test_a_job_runs_then_succeeds_and_its_image_is_deleted(store: JobStore, redis: Redis):
     (job,) = submit(store, "a.png")
 
