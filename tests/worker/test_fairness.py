@@ -110,9 +110,11 @@ def test_a_single_urgent_image_waits_at_most_for_the_batch_already_running(servi
             assert answer.status_code == 200, answer.text
         behind_bulk = statistics.median(waits)
 
-        # At worst the image arrives just after a batch of 16 started: it waits for that batch, then runs alone.
-        # (A 16-image batch time, measured end to end, also holds its upload: a margin of its own.)
-        assert behind_bulk <= batch_time + single, (waits, batch_time, single)
+        # Each urgent image comes just after the one before finished, when the worker has just taken the next bulk
+        # chunk: the worst case, every time. It waits for that chunk, then runs alone. One chunk's time varies by up
+        # to half from the next on a shared machine, hence the bound of 1.5 chunks; waiting behind the queue would
+        # be 20 chunks.
+        assert behind_bulk <= 1.5 * batch_time + single, (waits, batch_time, single)
         assert alice.get(f"/batches/{bulk.json()['batch_id']}", params={"page_size": 1}).json()["counts"][
             "queued"] > 0, "the bulk upload was over before the urgent images came: the test proves nothing"
         done = wait_for_batch(alice, bulk.json()["batch_id"])
