@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Queue
 from redis import Redis
 
+from service.broker import TRANSPORT
 from service.connections import CONNECT_TIMEOUT, HEALTH_CHECK_INTERVAL
 from service.fairshare import Chunk, FairShare
 from service.jobstore import Lane
@@ -103,6 +104,7 @@ def make_celery(settings: Settings) -> Celery:
             "retry_on_timeout": True,
         },
         broker_connection_retry_on_startup=True,
+        broker_transport=TRANSPORT,  # kombu's Redis transport, whose worker never stays full after a failed ack
         # Each pool process loads the model in worker_process_init, which takes longer than Celery's 4 s default.
         worker_proc_alive_timeout=120,
         worker_hijack_root_logger=False,
