@@ -1,9 +1,10 @@
 """Turning an upload (images, or ZIP archives of images) into the images of a batch, within the limits, one by one.
 
 FastAPI has spooled the body before the route runs (each file past 1 MiB on disk). A request is first *planned*
-from what is cheap to read, each file's size and first bytes and each archive's central directory, and refused
-whole, before any job exists, if it breaks a limit: too many images, too many bytes sent or unzipped, a ZIP that
-cannot be read or that would expand like a bomb. Its images are then *read* one at a time, so the API never holds
+from what is cheap to read, each file's size and first bytes and each archive's central directory (its entry count
+and size first, from its end record: api/zipdirectory.py), and refused whole, before any job exists, if it breaks a
+limit: too many images, too many bytes sent or unzipped, a ZIP that cannot be read, that lists more entries than the
+request can need, or that would expand like a bomb. Its images are then *read* one at a time, so the API never holds
 an archive and its contents at once, nor all the contents: the caller stores them a chunk at a time. A member that
 turns out unreadable (a CRC that does not match, a size its directory lied about) fails its own job.
 
@@ -21,6 +22,7 @@ from typing import IO
 from fastapi import UploadFile
 
 from api.problems import ProblemError
+from api.zipdirectory import read_directory_end
 from service.jobstore import Upload
 from service.problems import problem
 
@@ -28,6 +30,16 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 MAX_ZIP_RATIO = 200
 """Largest uncompressed/compressed ratio of a ZIP member; radiographs compress far less, bombs far more."""
+
+ZIP_ENTRIES_PER_IMAGE = 2
+"""Entries a ZIP may list per image the request can still take: the image, and the `__MACOSX/._name` beside it."""
+
+ZIP_EXTRA_ENTRIES = 256
+"""Entries a ZIP may list on top of those: its folders, and hidden files such as `.DS_Store` (all skipped)."""
+
+ZIP_DIRECTORY_BYTES_PER_ENTRY = 1024
+"""Central directory bytes a ZIP may use per entry it may list: 46 fixed, a 255-character UTF-8 path (765 at most)
+and extra fields (times, ZIP64 sizes: under 100), so that names of any length a file system takes fit."""
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError, ValueError,
                zlib.error)
@@ -91,7 +103,7 @@ def plan_uploads(files: list[UploadFile], *, max_bytes: int, max_unzipped_bytes:
                 raise _too_large(max_bytes)
             name = _clean_name(file.filename or "upload")
             if file.file.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
-                archive = _open_archive(file.file, name)
+                archive = _open_archive(file.file, name, room=max_files - len(plan.images), max_files=max_files)
                 plan._archives.append(archive)
                 members = [info for info in archive.infolist() if _is_image_candidate(info)]
                 unzipped += sum(info.file_size for info in members)
@@ -123,12 +135,29 @@ def _loose(spooled: IO[bytes], name: str) -> PlannedImage:
     return PlannedImage(name, digest.digest(), read)
 
 
-def _open_archive(spooled: IO[bytes], name: str) -> zipfile.ZipFile:
-    spooled.seek(0)
+def _open_archive(spooled: IO[bytes], name: str, *, room: int, max_files: int) -> zipfile.ZipFile:
+    """The archive, its directory parsed; refused first, from its end record, if its directory lists more entries
+    (or bytes) than `room` more images of the request can need: zipfile builds the whole directory before anything
+    can be counted."""
+    entries = ZIP_ENTRIES_PER_IMAGE * room + ZIP_EXTRA_ENTRIES
     try:
-        return zipfile.ZipFile(spooled)
+        end = read_directory_end(spooled)
+        if end.entries > entries:
+            raise _too_many_entries(name, f"lists {end.entries:,} entries (files and folders)",
+                                    f"the {entries:,} entries", max_files)
+        if end.size > entries * ZIP_DIRECTORY_BYTES_PER_ENTRY:
+            raise _too_many_entries(name, f"has a central directory of {end.size:,} bytes",
+                                    f"the {entries * ZIP_DIRECTORY_BYTES_PER_ENTRY:,} bytes of directory", max_files)
+        spooled.seek(0)
+        archive = zipfile.ZipFile(spooled)
     except _ZIP_ERRORS as error:
         raise ProblemError(422, "invalid-zip", f"{name} is not a readable ZIP archive ({error})") from error
+    # zipfile reads as many bytes of directory as the end record says, whatever count it states.
+    if len(archive.infolist()) > entries:
+        archive.close()
+        raise _too_many_entries(name, f"lists {len(archive.infolist()):,} entries (files and folders)",
+                                f"the {entries:,} entries", max_files)
+    return archive
 
 
 def _check_members(members: list[zipfile.ZipInfo], *, archive: str, unzipped: int, max_unzipped_bytes: int) -> None:
@@ -183,6 +212,11 @@ def _clean_name(name: str) -> str:
 def _too_large(max_bytes: int) -> ProblemError:
     return ProblemError(413, "upload-too-large", f"the upload is larger than the limit of {max_bytes:,} bytes "
                         "(MAX_UPLOAD_BYTES); split it into several requests")
+
+
+def _too_many_entries(archive: str, found: str, allowed: str, max_files: int) -> ProblemError:
+    return ProblemError(413, "too-many-files", f"{archive} {found}, more than {allowed} allowed in a request of at "
+                        f"most {max_files} images (MAX_FILES_PER_REQUEST); split them into several requests")
 
 
 def _too_many(max_files: int) -> ProblemError:
