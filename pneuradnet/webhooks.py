@@ -28,6 +28,10 @@ SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300
 """Seconds a signature's time may differ from the receiver's clock before the request is refused as stale."""
 
+MAX_TIMESTAMP_DIGITS = 12
+"""The most ASCII digits a signature's `t=` may have (unix seconds to the year 33658); a longer one is malformed,
+never read into a number too large for the clock arithmetic."""
+
 
 class WebhookSignatureError(PneuradnetError):
     """A callback whose signature is missing, malformed, wrong or stale: do not act on it."""
@@ -51,7 +55,7 @@ def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes, toleran
     `headers` are the request's (any case of the names); `body` its raw bytes, exactly as received (verify before
     parsing). A signature made more than `tolerance` seconds away from `now` (default: this clock) is refused, so a
     recorded request cannot be replayed later. Comparisons take constant time. Several `v1=` entries are accepted
-    (any one may match).
+    (any one may match). Whatever the header holds, the only error raised is WebhookSignatureError.
     """
     if not secret:
         raise WebhookSignatureError("no secret to verify with: pass the service's WEBHOOK_SECRET")
@@ -78,14 +82,21 @@ def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes, toleran
 
 
 def _parse(value: str) -> tuple[int, list[str]]:
-    """The time and the v1 signatures of a signature header; entries of other versions are ignored."""
+    """The time and the v1 signatures of a signature header; entries of other versions are ignored.
+
+    The time is 1 to MAX_TIMESTAMP_DIGITS ASCII digits (str.isdigit alone would take "²", which int() refuses, and
+    int() alone Arabic-Indic digits, U+0660 to U+0669). A signature that is not ASCII is ignored: it cannot be the
+    hex of one.
+    """
     timestamp: int | None = None
     signatures: list[str] = []
     for entry in value.split(","):
         name, _, text = entry.strip().partition("=")
-        if name == "t" and text.isdigit():
+        if name == "t":
+            if not (text.isascii() and text.isdigit() and len(text) <= MAX_TIMESTAMP_DIGITS):
+                raise WebhookSignatureError(f"malformed {SIGNATURE_HEADER}: t= is not unix seconds")
             timestamp = int(text)
-        elif name == SIGNATURE_VERSION and text:
+        elif name == SIGNATURE_VERSION and text and text.isascii():
             signatures.append(text.lower())
     if timestamp is None or not signatures:
         raise WebhookSignatureError(f"malformed {SIGNATURE_HEADER}: expected t=<unix seconds>,v1=<hex>")
