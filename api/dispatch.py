@@ -11,9 +11,9 @@ from celery import Celery
 from starlette.concurrency import run_in_threadpool
 
 from api.batcher import EnqueueBatcher
+from service.dispatch import enqueue_bulk
 from service.fairshare import FairShare, window_for
 from service.jobstore import Lane
-from service.queue import enqueue_bulk
 from service.workers import WorkerRegistry
 
 

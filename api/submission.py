@@ -14,7 +14,17 @@ from api.dispatch import Dispatcher
 from api.problems import ProblemError
 from api.uploads import UploadPlan
 from service.faults import fault_point
-from service.jobstore import Batch, IdempotencyConflict, Job, JobStatus, JobStore, Lane, QueueFull
+from service.jobstore import (
+    AdmissionClosed,
+    Batch,
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    Job,
+    JobStatus,
+    JobStore,
+    Lane,
+    QueueFull,
+)
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
 from service.webhooks import Callback
@@ -27,7 +37,11 @@ BUSY_RETRY_AFTER = 30
 """Seconds a client is asked to wait when the queue is full."""
 
 QUEUE_RETRY_AFTER = 5
-"""Seconds a client is asked to wait when the broker refused the tasks."""
+"""Seconds a client is asked to wait when the broker refused the tasks, or its admission was cut short."""
+
+IN_PROGRESS_RETRY_AFTER = 2
+"""Seconds a client is asked to wait when its Idempotency-Key's first request is still being admitted: a
+600-image upload is admitted in about a second."""
 
 
 def choose_lane(image_count: int, *, priority: Lane | None, interactive_max: int) -> Lane:
@@ -52,6 +66,8 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan
 
     Every job is stored before it is enqueued, so a worker never takes a job the store does not know. The batch's
     places in the queue are reserved when it opens, so concurrent submissions never push the queue past MAX_QUEUE.
+    An admission that fails part-way is withdrawn: its jobs not started are canceled and its Idempotency-Key freed,
+    so that the client's retry submits the whole upload anew.
     """
     fingerprint = await run_in_threadpool(plan.fingerprint, explain=explain) if idempotency is not None else ""
     try:
@@ -60,6 +76,10 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan
             explain=explain, lane=lane, max_queue=max_queue, callback=callback))
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
+    except IdempotencyInProgress as in_progress:
+        raise ProblemError(409, "idempotency-in-progress", f"the first request with this Idempotency-Key is still "
+                           f"being admitted (batch {in_progress.batch_id}): retry it when that one has been answered",
+                           headers={"Retry-After": str(IN_PROGRESS_RETRY_AFTER)}) from in_progress
     except QueueFull as full:
         raise ProblemError(429, "queue-full", f"the queue holds {full.queued} jobs and takes at most {full.limit} "
                            "(MAX_QUEUE); nothing of this request was queued: retry later",
@@ -67,31 +87,56 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan
     if not created:
         return batch, await run_in_threadpool(lambda: store.get_jobs(store.batch_job_ids(batch.id)))
     jobs: list[Job] = []
-    images = plan.read()
-    while chunk := await run_in_threadpool(lambda: list(islice(images, chunk_size))):
-        stored = await run_in_threadpool(store.add_jobs, batch, chunk)
-        jobs += stored
-        fault_point("api-dies-after-store")  # stored and not enqueued: the reconciler's case
-        await _enqueue(store, dispatcher, batch, stored, owner=owner, idempotency=idempotency, started=len(jobs))
-    await run_in_threadpool(store.close_admission, batch.id)
+    enqueued = 0
+    try:
+        images = plan.read()
+        while chunk := await run_in_threadpool(lambda: list(islice(images, chunk_size))):
+            stored = await run_in_threadpool(partial(store.add_jobs, batch, chunk, stored_before=len(jobs)))
+            jobs += stored
+            fault_point("api-dies-after-store")  # stored and not enqueued: the reconciler's case
+            try:
+                await dispatcher.dispatch([job.id for job in stored if job.status is JobStatus.QUEUED],
+                                          lane=batch.lane, owner=owner)
+            except Exception as error:
+                raise QueueRefused(error) from error
+            enqueued = len(jobs)
+        await run_in_threadpool(store.close_admission, batch.id)
+    except BaseException as error:
+        await _withdraw(store, batch, owner=owner, idempotency=idempotency)
+        raise _admission_failed(error, batch, enqueued=enqueued) from error
     for job in jobs:
         job_event(log, "submitted", job.id, batch_id=batch.id, status=job.status.value)
     return batch, jobs
 
 
-async def _enqueue(store: JobStore, dispatcher: Dispatcher, batch: Batch, jobs: list[Job], *, owner: str,
-                   idempotency: str | None, started: int) -> None:
+async def _withdraw(store: JobStore, batch: Batch, *, owner: str, idempotency: str | None) -> None:
+    """Cancel what was admitted of a failed admission and free its key; if Redis does not answer, the reconciler
+    closes the admission when it stalls, which frees the key too."""
     try:
-        await dispatcher.dispatch([job.id for job in jobs if job.status is JobStatus.QUEUED], lane=batch.lane,
-                                  owner=owner)
-    except Exception as error:
-        # Left queued, these jobs would wait for a task that never comes and hold places in MAX_QUEUE.
-        log.error("enqueueing batch %s failed, its jobs are withdrawn: %s", batch.id, error)
         await run_in_threadpool(partial(store.withdraw_batch, batch.id, owner=owner, idempotency=idempotency))
-        earlier = "nothing of this request was queued" if started == len(jobs) else \
-            "the jobs of this request that had not started are canceled"
-        raise ProblemError(503, "queue-unavailable", f"the job queue did not take the jobs ({type(error).__name__}), "
-                           f"so {earlier}: retry later", headers={"Retry-After": str(QUEUE_RETRY_AFTER)}) from error
+    except Exception as error:
+        log.warning("batch %s could not be withdrawn (%s): the reconciler will close its admission", batch.id, error)
+
+
+def _admission_failed(error: BaseException, batch: Batch, *, enqueued: int) -> BaseException:
+    """What the client is told of an admission that failed part-way: the problem, or the error itself when it is
+    already one (the Redis errors become 503 store-unavailable, anything else 500 internal-error)."""
+    earlier = "nothing of this request was queued" if enqueued == 0 else \
+        "the jobs of this request that had not started are canceled"
+    if isinstance(error, AdmissionClosed):
+        log.error("the admission of batch %s was closed before it ended: %s", batch.id, error)
+        return ProblemError(503, "admission-interrupted", f"{error}; {earlier}: send the request again",
+                            headers={"Retry-After": str(QUEUE_RETRY_AFTER)})
+    if isinstance(error, QueueRefused):
+        log.error("enqueueing batch %s failed, its jobs are withdrawn: %s", batch.id, error.__cause__)
+        return ProblemError(503, "queue-unavailable", f"the job queue did not take the jobs "
+                            f"({type(error.__cause__).__name__}), so {earlier}: retry later",
+                            headers={"Retry-After": str(QUEUE_RETRY_AFTER)})
+    return error
+
+
+class QueueRefused(Exception):
+    """The broker did not take a chunk's task (its cause says why)."""
 
 
 async def wait_for_job(store: JobStore, redis: AsyncRedis, job_id: str, *, timeout: float) -> Job | None:

@@ -17,21 +17,21 @@ python3 -m venv .venv
 radiographs=$(.venv/bin/python -c "import importlib.metadata as m; print(m.distribution('pneumonia-model-package')\
 .locate_file('pneumonia_model_package/datasets/pneumonia-data/val'))")
 TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/pneuradnet convert --check "$radiographs" >/dev/null
-# The web page's browser tests drive Debian's Chromium (Playwright never downloads a browser here); they fail
-# without it. A no-op when /usr/bin/chromium exists.
-if [[ "${1:-}" == "--test" && ! -x /usr/bin/chromium ]]; then
+# What the tests need from Debian, installed when missing (as root; otherwise the tests that need it fail and say so):
+# - chromium: the web page's browser tests drive Debian's Chromium (Playwright never downloads a browser here);
+# - iproute2, iptables: the tests across hosts (tests/hosts/, marked hosts) make network namespaces with `ip netns`
+#   and cut them off with iptables.
+need_debian() {  # need_debian <file or command that proves it is there> <package>...
+    local proof=$1; shift
+    [[ -e "$proof" ]] || command -v "$proof" >/dev/null && return 0
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
     else
-        echo "No /usr/bin/chromium: the browser tests will fail (Debian: sudo apt-get install chromium)." >&2
+        echo "Missing $*: the tests that need it will fail (Debian: sudo apt-get install $*)." >&2
     fi
-fi
-# The tests across hosts (tests/hosts/, marked hosts) make network namespaces with iproute2's `ip netns` and cut
-# them off with iptables; they fail without them (and without root). A no-op when both commands exist.
-if [[ "${1:-}" == "--test" ]] && ! { command -v ip && command -v iptables; } >/dev/null; then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq iproute2 iptables >/dev/null
-    else
-        echo "No ip or iptables: the tests marked hosts will fail (Debian: sudo apt-get install iproute2 iptables)." >&2
-    fi
+}
+if [[ "${1:-}" == "--test" ]]; then
+    need_debian /usr/bin/chromium chromium
+    need_debian ip iproute2
+    need_debian iptables iptables
 fi

@@ -11,8 +11,10 @@ drops a connection without a word (a NAT or firewall timing it out, a partition)
 - `socket_connect_timeout`: an unreachable Redis is reported in seconds, and the API answers 503 then.
 - `retry` on ConnectionError and TimeoutError, once: a command that failed on a broken connection is sent again on
   a fresh one, so a stale socket costs a reconnect, not a failed task; once only, so that a Redis that is really
-  away is reported within seconds (SOCKET_TIMEOUT + CONNECT_TIMEOUT). Every command the service sends is safe to
-  repeat: transitions refuse a second move, admission answers a repeat, the rest are reads or idempotent writes.
+  away is reported within seconds (SOCKET_TIMEOUT + CONNECT_TIMEOUT). The first sending may have been carried out
+  with only its answer lost, so a command sent on these clients must do the same when sent twice: every script
+  names its write and answers a repeat as it answered the first (service/scripts.py); the rest are reads and
+  writes that set rather than add. Counters are the exception, sent on a client made with `retries=0`.
 """
 
 from typing import Any
@@ -45,10 +47,11 @@ def _options() -> dict[str, Any]:
             "socket_connect_timeout": CONNECT_TIMEOUT, "retry_on_error": _RETRY_ON}
 
 
-def connect(url: str, *, decode: bool = True) -> Redis:
-    """A client of the Redis at `url`; `decode`: replies as str (False: bytes, for image data)."""
+def connect(url: str, *, decode: bool = True, retries: int = RETRIES) -> Redis:
+    """A client of the Redis at `url`; `decode`: replies as str (False: bytes, for image data); `retries`: times a
+    command is sent again after a connection error (0 for a write that must not be carried out twice)."""
     return Redis.from_url(url, decode_responses=decode, socket_timeout=SOCKET_TIMEOUT,
-                          retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES), **_options())
+                          retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries), **_options())
 
 
 def connect_async(url: str) -> AsyncRedis:

@@ -7,7 +7,6 @@ never disagree.
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from service import scripts
 from service.connections import connect
 from service.keys import (
     ADMISSIONS,
+    BULK_QUEUED_REGISTRY,
     INTERACTIVE_QUEUED_REGISTRY,
     METRICS,
-    QUEUED_REGISTRY,
     RUNNING_REGISTRY,
     SWEEP_LOCK,
     WEBHOOKS_DUE,
@@ -43,6 +42,19 @@ class IdempotencyConflict(Exception):
     """An Idempotency-Key already names a submission of other files."""
 
 
+class IdempotencyInProgress(Exception):
+    """An Idempotency-Key names a submission still being admitted: its answer is not known yet."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"the submission of this Idempotency-Key (batch {batch_id}) is still being admitted")
+        self.batch_id = batch_id
+
+
+class AdmissionClosed(Exception):
+    """A batch's admission was closed before all its jobs were stored: the reconciler took its API for dead, or
+    the batch expired. The jobs it refused were not stored."""
+
+
 class QueueFull(Exception):
     """Admitting a batch would put more than MAX_QUEUE jobs in the queue; nothing of it was stored."""
 
@@ -60,7 +72,7 @@ class Lane(StrEnum):
     BULK = "bulk"
 
 
-QUEUED_REGISTRIES = {Lane.INTERACTIVE: INTERACTIVE_QUEUED_REGISTRY, Lane.BULK: QUEUED_REGISTRY}
+QUEUED_REGISTRIES = {Lane.INTERACTIVE: INTERACTIVE_QUEUED_REGISTRY, Lane.BULK: BULK_QUEUED_REGISTRY}
 """Where each lane's queued jobs are counted; MAX_QUEUE bounds the two together."""
 
 
@@ -77,12 +89,14 @@ class JobStatus(StrEnum):
 
 
 ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {
-    # running -> queued: the reconciler hands back a job whose worker vanished (service/reconciler.py).
+    # running -> queued: the reconciler takes back a job whose lease is over (its worker vanished), or the holder
+    # gives it back (service/reconciler.py, worker/tasks.py).
     JobStatus.QUEUED: (JobStatus.RUNNING,),
-    # running -> running is a redelivery after the worker holding the job died.
+    # running -> running: a new claim of a job whose lease is over (its worker died).
     JobStatus.RUNNING: (JobStatus.QUEUED, JobStatus.RUNNING),
     JobStatus.SUCCEEDED: (JobStatus.RUNNING,),
-    JobStatus.FAILED: (JobStatus.QUEUED, JobStatus.RUNNING),
+    # A job that cannot be classified at upload is stored failed at once (ADD_JOBS), never moved there.
+    JobStatus.FAILED: (JobStatus.RUNNING,),
     JobStatus.CANCELED: (JobStatus.QUEUED,),
 }
 """The state machine: for each target status, the statuses a job may move to it from."""
@@ -106,6 +120,10 @@ class Job:
     explain: bool = False
     """Submitted with explain: the worker adds a Grad-CAM heatmap (heatmap_key) to its result."""
     lane: Lane = Lane.BULK
+    token: str = ""
+    """Who made the job's last move: the claim that holds it while it runs (service/scripts.py, TRANSITION)."""
+    queue_wait: float | None = None
+    """Seconds from submission to the job's last claim by a worker, on Redis' clock."""
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Job":
@@ -124,6 +142,8 @@ class Job:
             worker=fields.get("worker", ""),
             explain=fields.get("explain") == "1",
             lane=Lane(fields.get("lane", Lane.BULK)),
+            token=fields.get("token", ""),
+            queue_wait=float(fields["queue_wait"]) if fields.get("queue_wait") else None,
         )
 
 
@@ -171,6 +191,8 @@ class JobStore:
         self._on_callback_due = on_callback_due
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
         self._raw = connect(url, decode=False)
+        # Counters must not be sent twice (add_to_metrics); everything else the store writes is safe to repeat.
+        self._once = connect(url, retries=0)
         self.ttl = ttl
         self._transition = self._redis.register_script(scripts.TRANSITION)
         self._open_batch = self._redis.register_script(scripts.OPEN_BATCH)
@@ -180,6 +202,7 @@ class JobStore:
     def close(self) -> None:
         self._redis.close()
         self._raw.close()
+        self._once.close()
 
     def create_batch(self, uploads: Sequence[Upload], *, owner: str = "", idempotency: str | None = None,
                      explain: bool = False, lane: Lane = Lane.BULK, max_queue: int | None = None,
@@ -192,7 +215,7 @@ class JobStore:
                                          callback=callback)
         if not created:
             return batch, self.get_jobs(self.batch_job_ids(batch.id)), False
-        jobs = self.add_jobs(batch, uploads)
+        jobs = self.add_jobs(batch, uploads, stored_before=0)
         self.close_admission(batch.id)
         return batch, jobs, True
 
@@ -202,11 +225,12 @@ class JobStore:
         """Open a batch of `total` jobs, to be stored with add_jobs as their images are read, and reserve their
         places in the queue; (the batch, True).
 
-        With an idempotency key, a repeat (the same `fingerprint`) answers the batch first opened and False;
-        another fingerprint under a used key raises IdempotencyConflict. A batch that would put more than
-        `max_queue` jobs in the queue, counting places reserved by batches still being admitted, raises QueueFull,
-        and nothing is stored. With a `callback`, the batch's summary is POSTed to it once every job has finished
-        (service/deliveries.py); a repeat with another callback is another submission.
+        With an idempotency key, a repeat (the same `fingerprint`) answers the batch first opened and False, once
+        that batch is admitted whole; while it is still being admitted, IdempotencyInProgress. Another fingerprint
+        under a used key raises IdempotencyConflict. A batch that would put more than `max_queue` jobs in the
+        queue, counting places reserved by batches still being admitted, raises QueueFull, and nothing is stored.
+        With a `callback`, the batch's summary is POSTed to it once every job has finished (service/deliveries.py);
+        a repeat with another callback is another submission.
         """
         if callback is not None and fingerprint:
             fingerprint = hashlib.sha256(f"{fingerprint} {callback.url}".encode()).hexdigest()
@@ -214,13 +238,12 @@ class JobStore:
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=total, owner=owner,
                       counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: total}, lane=lane,
                       explain=explain, callback=CallbackStatus.pending() if callback is not None else None)
-        remembered = json.dumps({"batch_id": batch.id, "fingerprint": fingerprint}) if idempotency is not None else ""
         answer = self._open_batch(
             keys=[batch_key(batch.id),
                   idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
                   QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS],
             args=[-1 if max_queue is None else max_queue, self.ttl, created_at, owner, "1" if explain else "0",
-                  lane.value, batch.id, total, remembered, time.time(),
+                  lane.value, batch.id, total, fingerprint if idempotency is not None else "",
                   *(("", "", "") if callback is None else (callback.url, *callback.links(batch.id)))])
         if answer[0] == "repeat":
             assert idempotency is not None
@@ -229,9 +252,11 @@ class JobStore:
             raise QueueFull(int(answer[1]), max_queue or 0)
         return batch, True
 
-    def add_jobs(self, batch: Batch, uploads: Sequence[Upload]) -> list[Job]:
-        """Store the next jobs of an open batch, queued in its lane (an upload known bad is stored failed); the jobs
-        stored, in order. Nothing is stored if the batch has expired."""
+    def add_jobs(self, batch: Batch, uploads: Sequence[Upload], *, stored_before: int) -> list[Job]:
+        """Store the next jobs of a batch being admitted, queued in its lane (an upload known bad is stored failed);
+        the jobs stored, in order. `stored_before`: how many of the batch's jobs were stored before these (it makes a
+        repeated call store nothing twice). AdmissionClosed if the batch's admission was closed or it has expired:
+        nothing of these is stored then."""
         jobs = [_job_of(batch, upload) for upload in uploads]
         pipe = self._redis.pipeline(transaction=False)
         # The images go in as plain SETs ahead of the script, in the same round trip: handed to the script, each
@@ -242,31 +267,44 @@ class JobStore:
         self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
                   WEBHOOKS_DUE, *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
-            args=[self.ttl, time.time(), now_iso(), batch_channel(batch.id), batch.id,
+            args=[self.ttl, now_iso(), batch_channel(batch.id), batch.id, stored_before,
                   *(item for job, upload in zip(jobs, uploads, strict=True)
                     for item in (job.id, job.filename, json.dumps(upload.error) if upload.error is not None else ""))],
             client=pipe)
-        *_, stored = pipe.execute()
-        return jobs if stored else []
+        *_, answer = pipe.execute()
+        if answer == "gone":
+            raise AdmissionClosed(f"batch {batch.id} expired while its upload was being stored")
+        if answer == "closed":
+            raise AdmissionClosed(f"the admission of batch {batch.id} was closed: it made no progress for too long")
+        if answer == "out-of-order":
+            raise AdmissionClosed(f"batch {batch.id} has other jobs at place {stored_before}: two writers?")
+        return jobs
 
     def close_admission(self, batch_id: str) -> int:
-        """Free a batch's remaining reserved places: every job is stored, or its admission was cut short and the
-        batch keeps the jobs it has. The number of jobs never admitted."""
-        return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS, WEBHOOKS_DUE],
+        """End a batch's admission and free its remaining reserved places: every job is stored, or its admission was
+        cut short and the batch keeps the jobs it has (its idempotency key is freed then). No job is added to it
+        afterwards. The number of jobs never admitted."""
+        remembered = cast(str | None, self._redis.hget(batch_key(batch_id), "idempotency_key"))  # a decoding client
+        return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS, WEBHOOKS_DUE,
+                                               remembered or batch_key(batch_id)],
                                          args=[batch_id, now_iso()]))
 
-    def stalled_admissions(self, *, idle_since: float) -> list[str]:
-        """Batches still being admitted that stored nothing since `idle_since` (their API died), or have expired."""
+    def stalled_admissions(self, *, idle_for: float) -> list[str]:
+        """Batches still being admitted that stored nothing for `idle_for` seconds (their API died), or have
+        expired."""
         open_ids = list(cast(dict[str, str], self._redis.hgetall(ADMISSIONS)))
         pipe = self._redis.pipeline(transaction=False)
         for batch_id in open_ids:
             pipe.hget(batch_key(batch_id), "admitting_at")
+        idle_since = self.redis_now() - idle_for
         return [batch_id for batch_id, moment in zip(open_ids, pipe.execute(), strict=True)
                 if moment is None or float(moment) < idle_since]
 
     def _repeat(self, earlier: dict[str, str], fingerprint: str, key: str) -> Batch:
         if earlier["fingerprint"] != fingerprint:
             raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for other files")
+        if earlier.get("state") == "admitting":
+            raise IdempotencyInProgress(earlier["batch_id"])
         batch = self.get_batch(earlier["batch_id"])
         if batch is None:
             raise IdempotencyConflict(f"the batch of Idempotency-Key {key!r} has expired; use a new key")
@@ -314,45 +352,51 @@ class JobStore:
     def heatmap(self, job_id: str) -> bytes | None:
         return cast(bytes | None, self._raw.get(heatmap_key(job_id)))  # the raw client: bytes
 
-    def start(self, job_id: str, *, deadline: float, worker: str = "") -> Job | None:
-        """Mark a queued (or redelivered running) job as running; None if it is gone or no longer runnable."""
-        started = self.start_many([job_id], deadline=deadline, worker=worker)
-        return started[0] if started else None
-
-    def start_many(self, job_ids: Sequence[str], *, deadline: float, worker: str = "") -> list[Job]:
-        """start() for each job, in one round trip: the jobs that started, in order."""
+    def claim(self, job_ids: Sequence[str], *, token: str, lease: float, worker: str = "") -> list[Job]:
+        """Lease each job to the claim `token` for `lease` seconds and mark it running, in one round trip: a queued
+        job, or a running one whose lease is over (its worker is gone). The jobs claimed, in order; a job finished,
+        gone, or leased to another is left out. Only the holder of a lease stores the job's outcome."""
         pipe = self._redis.pipeline(transaction=False)
         for job_id, batch_id in zip(job_ids, self._batch_ids(job_ids), strict=True):
-            self._queue_move(pipe, job_id, batch_id, JobStatus.RUNNING, score=deadline, started_at=now_iso(),
-                             worker=worker)
-        moved = pipe.execute()
-        return self.get_jobs([job_id for job_id, ok in zip(job_ids, self._settle(moved), strict=True) if ok])
+            self._queue_move(pipe, job_id, batch_id, JobStatus.RUNNING, token=token, lease=lease,
+                             fields={"started_at": now_iso(), "worker": worker})
+        moved = self._settle(pipe.execute())
+        return self.get_jobs([job_id for job_id, ok in zip(job_ids, moved, strict=True) if ok])
 
-    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
-        return self.succeed_many({job_id: result}) == [job_id]
-
-    def succeed_many(self, results: dict[str, dict[str, Any]]) -> list[str]:
-        """succeed() for each job, in one round trip: the ids of the jobs that succeeded."""
+    def succeed_many(self, results: dict[str, dict[str, Any]], *, holder: str) -> list[str]:
+        """Store each job's result and mark it succeeded, in one round trip, if the claim `holder` still holds it:
+        the ids of the jobs that succeeded."""
         pipe = self._redis.pipeline(transaction=False)
         finished_at = now_iso()
         for (job_id, result), batch_id in zip(results.items(), self._batch_ids(list(results)), strict=True):
-            self._queue_move(pipe, job_id, batch_id, JobStatus.SUCCEEDED, result=json.dumps(result),
-                             finished_at=finished_at)
+            self._queue_move(pipe, job_id, batch_id, JobStatus.SUCCEEDED, token=holder, holder=holder,
+                             fields={"result": json.dumps(result), "finished_at": finished_at})
         return [job_id for job_id, ok in zip(results, self._settle(pipe.execute()), strict=True) if ok]
 
-    def fail(self, job_id: str, error: dict[str, Any]) -> bool:
-        return self._move(job_id, JobStatus.FAILED, error=json.dumps(error), finished_at=now_iso())
+    def fail(self, job_id: str, error: dict[str, Any], *, holder: str) -> bool:
+        """Fail a job the claim `holder` holds, with the problem that says why."""
+        return self._move(job_id, JobStatus.FAILED, token=holder, holder=holder,
+                          fields={"error": json.dumps(error), "finished_at": now_iso()})
+
+    def give_back(self, job_ids: Sequence[str], *, holder: str) -> list[str]:
+        """Queue again the jobs the claim `holder` holds and will not finish (its task cannot go on); the delivery
+        does not count against MAX_DELIVERIES. The ids of the jobs given back."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, batch_id in zip(job_ids, self._batch_ids(job_ids), strict=True):
+            self._queue_move(pipe, job_id, batch_id, JobStatus.QUEUED, token=holder, holder=holder)
+        return [job_id for job_id, ok in zip(job_ids, self._settle(pipe.execute()), strict=True) if ok]
 
     def cancel(self, job_id: str) -> bool:
-        return self._move(job_id, JobStatus.CANCELED, finished_at=now_iso())
+        return self._move(job_id, JobStatus.CANCELED, token=new_token(), fields={"finished_at": now_iso()})
 
     def cancel_batch(self, batch_id: str) -> list[str]:
         """Cancel every job of the batch that has not started; the ids of those canceled."""
         return [job_id for job_id in self.batch_job_ids(batch_id) if self.cancel(job_id)]
 
     def withdraw_batch(self, batch_id: str, *, owner: str = "", idempotency: str | None = None) -> None:
-        """Take back a batch whose jobs could not be enqueued: its jobs are canceled (their images deleted, their
-        places in the queue freed) and its idempotency key is forgotten, so that a retry with it submits anew."""
+        """Take back a batch whose admission failed: its jobs not started are canceled (their images deleted, their
+        places in the queue freed), its admission is closed, and its idempotency key is forgotten, so that a retry
+        with it submits anew."""
         self.cancel_batch(batch_id)
         self.close_admission(batch_id)
         if idempotency is not None:
@@ -372,20 +416,36 @@ class JobStore:
     def running_count(self) -> int:
         return self._redis.zcard(RUNNING_REGISTRY)
 
-    def requeue(self, job_id: str) -> bool:
-        """Hand a running job back to its lane's queue (its worker is gone); False if it is no longer running."""
-        return self._move(job_id, JobStatus.QUEUED, score=time.time())
+    def release_dead(self, job_ids: Sequence[str], *, process: str) -> list[str]:
+        """Queue again the jobs the model process `process` (`host:pid`) was running when it died, whatever their
+        lease, so that its task, handed out again at once, takes them; the delivery counts against MAX_DELIVERIES.
+        Only its own host can know the process is dead. The ids of the jobs queued again."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, batch_id in zip(job_ids, self._batch_ids(job_ids), strict=True):
+            self._queue_move(pipe, job_id, batch_id, JobStatus.QUEUED, token=new_token(), dead_process=process)
+        return [job_id for job_id, ok in zip(job_ids, self._settle(pipe.execute()), strict=True) if ok]
 
-    def running_past(self, deadline: float) -> list[Job]:
-        """The running jobs whose deadline was before `deadline`."""
-        return self.get_jobs(cast(list[str], self._redis.zrangebyscore(RUNNING_REGISTRY, "-inf", deadline)))
+    def requeue_abandoned(self, job_id: str) -> bool:
+        """Hand a running job whose lease is over back to its lane's queue (its worker is gone); False if it is no
+        longer running, or someone holds it now."""
+        return self._move(job_id, JobStatus.QUEUED, token=new_token())
 
-    def queued_since(self, moment: float) -> list[Job]:
-        """The jobs queued (submitted, or queued again) before `moment`, in either lane."""
+    def leases_over(self) -> list[Job]:
+        """The running jobs whose lease is over (on Redis' clock)."""
+        return self.get_jobs(cast(list[str], self._redis.zrangebyscore(RUNNING_REGISTRY, "-inf", self.redis_now())))
+
+    def queued_for(self, seconds: float) -> list[Job]:
+        """The jobs queued (submitted, or queued again) at least `seconds` ago on Redis' clock, in either lane."""
+        moment = self.redis_now() - seconds
         pipe = self._redis.pipeline(transaction=False)
         for registry in QUEUED_REGISTRIES.values():
             pipe.zrangebyscore(registry, "-inf", moment)
         return self.get_jobs([job_id for ids in pipe.execute() for job_id in ids])
+
+    def redis_now(self) -> float:
+        """Redis' clock, in unix seconds: the one clock every host of the fleet compares times on."""
+        seconds, micros = self._redis.time()
+        return seconds + micros / 1_000_000
 
     def forget_expired(self) -> int:
         """Take the ids whose records have expired out of every registry; how many were taken out.
@@ -413,8 +473,11 @@ class JobStore:
         self._redis.ping()
 
     def add_to_metrics(self, increments: Mapping[str, float]) -> None:
-        """Add to cluster-wide counters of the metrics hash, in one round trip (service/metrics.py names them)."""
-        pipe = self._redis.pipeline(transaction=False)
+        """Add to cluster-wide counters of the metrics hash, in one round trip (service/metrics.py names them).
+
+        Sent once, never again after a connection error: an increment carried out whose answer was lost would count
+        twice. The error is raised; what was observed is lost."""
+        pipe = self._once.pipeline(transaction=False)
         for field, amount in increments.items():
             pipe.hincrbyfloat(METRICS, field, amount)
         pipe.execute()
@@ -423,9 +486,11 @@ class JobStore:
         """Every counter of the metrics hash, job counts by status included (the transition script keeps those)."""
         return {field: float(value) for field, value in _text_hash(self._redis.hgetall(METRICS)).items()}
 
-    def _move(self, job_id: str, target: JobStatus, *, score: float = 0.0, **fields: str) -> bool:
+    def _move(self, job_id: str, target: JobStatus, *, token: str, holder: str = "",
+              fields: Mapping[str, str] | None = None) -> bool:
         pipe = self._redis.pipeline(transaction=False)
-        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, score=score, **fields)
+        self._queue_move(pipe, job_id, self._batch_ids([job_id])[0], target, token=token, holder=holder,
+                         fields=fields)
         (moved,) = self._settle(pipe.execute())
         return moved
 
@@ -444,17 +509,27 @@ class JobStore:
             pipe.hget(job_key(job_id), "batch_id")
         return [batch_id or "" for batch_id in pipe.execute()]
 
-    def _queue_move(self, pipe: Pipeline, job_id: str, batch_id: str, target: JobStatus, *, score: float = 0.0,
-                    **fields: str) -> None:
-        """Queue the transition script on `pipe`; its answer, [moved, status before], comes from execute()."""
+    def _queue_move(self, pipe: Pipeline, job_id: str, batch_id: str, target: JobStatus, *, token: str,
+                    holder: str = "", dead_process: str = "", lease: float = 0.0,
+                    fields: Mapping[str, str] | None = None) -> None:
+        """Queue the transition script on `pipe` (service/scripts.py, TRANSITION, says what token, holder and lease
+        mean), setting `fields` on the job as it moves; its answer, [moved, status before, batch made due], comes
+        from execute()."""
         allowed = "," + ",".join(ALLOWED_FROM[target]) + ","
-        pairs = [item for pair in fields.items() for item in pair]
+        pairs = [item for pair in (fields or {}).items() for item in pair]
         self._transition(
-            keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRY, RUNNING_REGISTRY, METRICS,
-                  batch_key(batch_id), INTERACTIVE_QUEUED_REGISTRY, WEBHOOKS_DUE],
-            args=[job_id, allowed, target.value, score, job_channel(job_id), batch_channel(batch_id), *pairs],
+            keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRIES[Lane.BULK], RUNNING_REGISTRY, METRICS,
+                  batch_key(batch_id), QUEUED_REGISTRIES[Lane.INTERACTIVE], WEBHOOKS_DUE],
+            args=[job_id, allowed, target.value, token, holder, dead_process, lease, job_channel(job_id),
+                  batch_channel(batch_id), *pairs],
             client=pipe,
         )
+
+
+def new_token() -> str:
+    """A fresh token for a move: a claim's, or a request's own."""
+    return uuid.uuid4().hex
+
 
 
 def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:

@@ -11,18 +11,21 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
 - `batch:{id}`          hash: created_at, total, owner, and the number of its jobs in each status
 - `batch:{id}:events`   pub/sub channel: the new status of each of its jobs that finishes (batch long-polls)
 - `batch:{id}:jobs`     list: the batch's job ids in upload order
-- `registry:queued`     sorted set: queued job ids scored by submission time (queue depth, backpressure)
-- `registry:running`    sorted set: running job ids scored by their deadline
-- `idempotency:{owner}:{key}`  string: JSON {batch_id, fingerprint} of a submission with an Idempotency-Key
+- `registry:queued`     sorted set: the bulk lane's queued job ids scored by when they were queued, on Redis' clock
+                        (queue depth, backpressure)
+- `registry:running`    sorted set: running job ids scored by the end of their lease, on Redis' clock
+- `idempotency:{owner}:{key}`  string: JSON {batch_id, fingerprint, state} of a submission with an Idempotency-Key;
+                        state `admitting` until every job of it is stored, then `admitted`
 - `metrics`             hash: cluster-wide counters and histogram buckets (service/metrics.py), no expiry
 - `registry:queued:interactive`  sorted set: the same, for jobs of the interactive lane
 - `worker:{name}`       hash: a live model process and the model it serves (service/workers.py), expiring
                         WORKER_TTL after its last heartbeat
-- `workers`             sorted set: model process names scored by their last heartbeat (counting live ones)
+- `workers`             sorted set: model process names scored by their last heartbeat, on Redis' clock
 - `fair:pending:{owner}`  list: an API key's bulk chunks not yet handed to the broker, oldest first, as JSON
                         {"id", "jobs"} (service/fairshare.py)
-- `fair:in-flight:{owner}`  sorted set: ids of the key's chunks handed to the broker and not finished, scored by
-                        when they were handed over
+- `fair:in-flight:{owner}`  sorted set: ids of the key's chunks released to the broker and not finished, scored
+                        by when they were released, on Redis' clock
+- `fair:chunks:{owner}`  hash: chunk id -> JSON {"id", "jobs"} of each chunk in flight (which jobs it names)
 - `admissions`          hash: batch id -> places in the queue still reserved for the batch's jobs not yet stored
                         (a batch is stored a chunk at a time as its upload is read)
 - `sweep`               string: the name of the process whose turn it is to reconcile the books, expiring after
@@ -30,14 +33,17 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
 - `fair:owners`         set: the keys with bulk chunks pending or in flight
 - `webhooks:due`        sorted set: ids of batches whose callback is due and not yet delivered or given up, scored by
                         when something must next happen to it (service/deliveries.py)
-- `fair:released:{chunk}`  string: JSON list of the chunks released when this chunk finished, so that a task run
-                        twice re-sends the same ones rather than releasing more
+- `fair:released:{request}`  string: JSON {"run", "released"}: what a fair-share step released (a chunk's finish,
+                        named by the chunk; an admission, by its own id), so that its repeat answers the same and a
+                        second run of the chunk's task releases nothing
 
-The Celery broker's own keys (the queue list, kombu's unacked hashes) are kombu's, named in service/queue.py.
+The Celery broker's own keys (the queue lists, kombu's unacked hash) are kombu's, named in service/queue.py and
+service/broker.py.
 """
 
 PREFIX = "pneuradnet"
-QUEUED_REGISTRY = f"{PREFIX}:registry:queued"
+BULK_QUEUED_REGISTRY = f"{PREFIX}:registry:queued"
+"""The bulk lane's queued jobs (its name predates lanes)."""
 INTERACTIVE_QUEUED_REGISTRY = f"{PREFIX}:registry:queued:interactive"
 RUNNING_REGISTRY = f"{PREFIX}:registry:running"
 METRICS = f"{PREFIX}:metrics"
@@ -95,5 +101,9 @@ def fair_in_flight_key(owner: str) -> str:
     return f"{PREFIX}:fair:in-flight:{owner}"
 
 
-def fair_released_key(chunk_id: str) -> str:
-    return f"{PREFIX}:fair:released:{chunk_id}"
+def fair_chunks_key(owner: str) -> str:
+    return f"{PREFIX}:fair:chunks:{owner}"
+
+
+def fair_released_key(request: str) -> str:
+    return f"{PREFIX}:fair:released:{request}"

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-JOB_FIELDS = ("event", "job_id", "batch_id", "status", "detail", "delivery")
+JOB_FIELDS = ("event", "job_id", "batch_id", "status", "detail", "delivery", "job_ids")
 
 
 class JsonFormatter(logging.Formatter):

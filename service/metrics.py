@@ -4,18 +4,23 @@ Workers add observations to the `pneuradnet:metrics` hash; job counters are coun
 transition script itself. The API turns the hash into Prometheus families at scrape time.
 """
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.fairshare import FairShare
 from service.jobstore import JobStatus, JobStore
 from service.workers import WorkerRegistry
 
+log = logging.getLogger(__name__)
+
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "queue_wait_seconds": ("Time from submission to a worker taking the job",
+    "queue_wait_seconds": ("Time from submission to a worker taking the job (on Redis' clock)",
                            (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
     "inference_seconds": ("Time of one batched forward pass",
                           (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)),
@@ -30,7 +35,10 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
 
 
 def observe(store: JobStore, name: str, values: list[float]) -> None:
-    """Add observations to a histogram in one round trip."""
+    """Add observations to a histogram in one round trip. If Redis does not answer, they are dropped and logged:
+    a measurement never costs a job its result."""
+    if not values:
+        return
     _, buckets = HISTOGRAMS[name]
     increments: defaultdict[str, float] = defaultdict(float)
     for value in values:
@@ -39,7 +47,10 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
         for bound in buckets:
             if value <= bound:
                 increments[f"{name}:le:{bound:g}"] += 1
-    store.add_to_metrics(increments)
+    try:
+        store.add_to_metrics(increments)
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        log.warning("%d observations of %s are lost: Redis does not answer (%s)", len(values), name, error)
 
 
 class StoreCollector(Collector):

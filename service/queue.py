@@ -1,29 +1,26 @@
-"""The task queue: the Celery application's broker settings, and enqueueing a chunk of jobs.
+"""The task queue: the Celery application, its broker settings, and sending a task.
 
 The API only enqueues; workers (worker.app) consume. Importing this module is cheap (no TensorFlow): the task
-code lives in worker.tasks, named here as a string so that only Celery itself loads it, in workers.
+code lives in worker.tasks, named here as a string so that only Celery itself loads it, in workers. What is known
+of kombu's own Redis layout lives in service/broker.py; how jobs are cut into tasks, in service/dispatch.py.
 """
 
-import base64
-import json
-import uuid
 from collections.abc import Sequence
 
 from celery import Celery
 from kombu import Queue
-from redis import Redis
+from kombu.exceptions import OperationalError
 
-from service.broker import TRANSPORT
 from service.connections import CONNECT_TIMEOUT, HEALTH_CHECK_INTERVAL
-from service.fairshare import Chunk, FairShare
+from service.faults import BROKER_SEND_FAILS, injected
 from service.jobstore import Lane
 from service.settings import Settings
 
-QUEUE = "pneuradnet"
+BULK_QUEUE = "pneuradnet"
 """The bulk lane's queue (the name the service always had, so that tasks queued before lanes still run)."""
 INTERACTIVE_QUEUE = "pneuradnet.interactive"
 
-QUEUES = {Lane.INTERACTIVE: INTERACTIVE_QUEUE, Lane.BULK: QUEUE}
+QUEUES = {Lane.INTERACTIVE: INTERACTIVE_QUEUE, Lane.BULK: BULK_QUEUE}
 """Each lane's Celery queue, in the order workers look into them: interactive first."""
 
 WEBHOOK_QUEUE = "pneuradnet.webhooks"
@@ -31,7 +28,7 @@ WEBHOOK_QUEUE = "pneuradnet.webhooks"
 work, so that a finished batch's callback never waits behind another batch's thousands of images; a delivery takes
 a worker at most a few seconds (WEBHOOK_TIMEOUT)."""
 
-CONSUMED_QUEUES = (INTERACTIVE_QUEUE, WEBHOOK_QUEUE, QUEUE)
+CONSUMED_QUEUES = (INTERACTIVE_QUEUE, WEBHOOK_QUEUE, BULK_QUEUE)
 """Every queue a worker consumes, in the order it looks into them."""
 
 CLASSIFY_TASK = "pneuradnet.classify"
@@ -40,14 +37,28 @@ DELIVER_TASK = "pneuradnet.deliver_callback"
 HARD_LIMIT_MARGIN = 10
 """Seconds past JOB_TIMEOUT after which a task's process is killed rather than asked to stop."""
 
+LEASE_MARGIN = 5
+"""Seconds past a task's hard time limit before its jobs' lease ends: by then a live worker has stopped the task,
+so a job still running is one whose worker is gone, and another may claim it."""
+
 VISIBILITY_MARGIN = 30
-"""Seconds the broker waits beyond JOB_TIMEOUT before it hands an unacknowledged task to another worker."""
+"""Seconds the broker waits beyond JOB_TIMEOUT before it hands an unacknowledged task to another worker: past the
+lease, so that the task handed out again finds its jobs free to claim."""
 
 RESTORE_INTERVAL = 5
 """Seconds between a worker's sweeps for tasks whose worker vanished without acknowledging them."""
 
+RESTORE_MUTEX_EXPIRY = 30
+"""Seconds a worker may hold the broker's lock on that sweep (kombu's default, 300, would let a worker killed while
+holding it stop every redelivery for five minutes; a sweep takes milliseconds)."""
+
 BROKER_SOCKET_TIMEOUT = 10
 """Seconds a broker command may wait for its answer."""
+
+
+def lease_seconds(settings: Settings) -> int:
+    """How long a claim holds its jobs: the longest a task may run, and the margin after its hard time limit."""
+    return settings.job_timeout + HARD_LIMIT_MARGIN + LEASE_MARGIN
 
 
 def visibility_timeout(settings: Settings) -> int:
@@ -58,7 +69,7 @@ def visibility_timeout(settings: Settings) -> int:
 def make_celery(settings: Settings) -> Celery:
     app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
     app.conf.update(
-        task_default_queue=QUEUE,
+        task_default_queue=BULK_QUEUE,
         # Workers consume both lanes and the callbacks; with the "priority" order, each poll (one BRPOP over the
         # lists) takes from the interactive queue whenever it holds a task, then callbacks, then the bulk queue.
         task_queues=[Queue(name) for name in CONSUMED_QUEUES],
@@ -76,8 +87,8 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=settings.job_timeout + HARD_LIMIT_MARGIN,
         # A task that raises is rejected without being requeued, not acknowledged: the task catches everything an
         # image can do, so what escapes is the service's own failure. A lost job store is the one it hands back
-        # (worker.tasks: Reject with requeue); anything else leaves its jobs to the reconciler, which dispatches
-        # them again past their deadline, never to a task that loops on the same failure.
+        # (worker.tasks: Reject with requeue); anything else gives its jobs back to the queue, where the
+        # reconciler finds them, never to a task that loops on the same failure.
         task_acks_on_failure_or_timeout=False,
         # When the broker connection drops, a running task could not be acknowledged any more: it is stopped, and
         # its message, still unacknowledged in Redis (kept across a restart by the append-only file), is handed out
@@ -94,6 +105,7 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": visibility_timeout(settings),
             "unacked_restore_interval": RESTORE_INTERVAL,
             "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": RESTORE_MUTEX_EXPIRY,
             # The same reasons as the job store's connections (service/connections.py): idle sockets checked
             # before use, dead peers probed, a silent one noticed within BROKER_SOCKET_TIMEOUT (above the 1 s
             # BRPOP poll, so an idle queue is never mistaken for a dead Redis).
@@ -104,7 +116,9 @@ def make_celery(settings: Settings) -> Celery:
             "retry_on_timeout": True,
         },
         broker_connection_retry_on_startup=True,
-        broker_transport=TRANSPORT,  # kombu's Redis transport, whose worker never stays full after a failed ack
+        # kombu's Redis transport, whose worker never stays full after a failed ack (named, not imported: that
+        # module reads this one's queue names).
+        broker_transport="service.broker:Transport",
         # Each pool process loads the model in worker_process_init, which takes longer than Celery's 4 s default.
         worker_proc_alive_timeout=120,
         worker_hijack_root_logger=False,
@@ -112,48 +126,22 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-UNACKED = "unacked"
-"""kombu's Redis hash of the messages workers have taken and not acknowledged (its transport's `unacked_key`)."""
-
-
-def job_ids_in_broker(redis: Redis) -> set[str]:
-    """The ids of every job a classify task on the broker names: waiting in either lane's queue, or taken by a
-    worker and not acknowledged. Read from kombu's Redis layout: a message is a JSON envelope whose base64 body is
-    Celery's [args, kwargs, embed]; an unacknowledged one is kept as [message, exchange, routing key]."""
-    envelopes = [json.loads(raw) for queue in QUEUES.values() for raw in redis.lrange(queue, 0, -1)]
-    envelopes += [json.loads(entry)[0] for entry in redis.hvals(UNACKED)]
-    job_ids: set[str] = set()
-    for envelope in envelopes:
-        if envelope.get("headers", {}).get("task") != CLASSIFY_TASK:
-            continue
-        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
-        job_ids.update(args[0])
-    return job_ids
-
-
-def send_classify_task(job_ids: Sequence[str], *, app: Celery, lane: Lane = Lane.BULK) -> None:
-    """Enqueue one task that classifies these jobs in one batch (on the broker `app` is bound to)."""
-    app.send_task(CLASSIFY_TASK, args=[list(job_ids)], queue=QUEUES[lane])
+def send_classify_task(job_ids: Sequence[str], *, app: Celery, lane: Lane = Lane.BULK, chunk: str | None = None,
+                       owner: str = "") -> None:
+    """Enqueue one task that classifies these jobs in one batch (on the broker `app` is bound to); a bulk chunk's
+    task names the chunk and its owner, so that its worker releases the owner's next chunk when it is done."""
+    _refuse_if_injected()
+    app.send_task(CLASSIFY_TASK, args=[list(job_ids)], kwargs={"chunk": chunk, "owner": owner} if chunk else None,
+                  queue=QUEUES[lane])
 
 
 def send_delivery_task(batch_id: str, attempts_seen: int, *, app: Celery, countdown: float | None = None) -> None:
     """Enqueue an attempt at a batch's callback delivery (service/deliveries.py), at once or `countdown` seconds on;
     `attempts_seen`, the attempts made so far, lets only one task of those sent for one attempt make it."""
+    _refuse_if_injected()
     app.send_task(DELIVER_TASK, args=[batch_id, attempts_seen], queue=WEBHOOK_QUEUE, countdown=countdown)
 
 
-def enqueue_bulk(job_ids: Sequence[str], *, owner: str, fair_share: FairShare, window: int, max_batch: int,
-                 app: Celery) -> None:
-    """Cut an owner's bulk jobs into chunks of `max_batch`, hand them to fair share, and send the ones it releases
-    now; the others go as the owner's earlier chunks finish."""
-    chunks = [Chunk(id=str(uuid.uuid4()), job_ids=list(job_ids[start:start + max_batch]))
-              for start in range(0, len(job_ids), max_batch)]
-    send_bulk_chunks(fair_share.admit(owner, chunks, window=window), owner=owner, app=app)
-
-
-def send_bulk_chunks(chunks: Sequence[Chunk], *, owner: str, app: Celery) -> None:
-    """Enqueue the bulk chunks fair share released for `owner`; each task names its chunk, so that its worker
-    releases the owner's next one when it is done."""
-    for chunk in chunks:
-        app.send_task(CLASSIFY_TASK, args=[chunk.job_ids], kwargs={"chunk": chunk.id, "owner": owner},
-                      queue=QUEUES[Lane.BULK])
+def _refuse_if_injected() -> None:
+    if injected(BROKER_SEND_FAILS):
+        raise OperationalError("the broker refused the task (a fault injected by PNEURADNET_FAULT_FILE)")

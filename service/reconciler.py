@@ -1,60 +1,59 @@
 """The reconciler: the job store is the source of truth, and this keeps the queue's books true to it.
 
 Nothing else has to be right for a job to finish: a Redis restart that loses a message, an API that dies between
-storing a batch and enqueueing it, a worker cut off by the network, records that expire. Every SWEEP_INTERVAL one
-process of the fleet (workers and APIs take turns through a lock in Redis; no extra process to run) sweeps:
+storing a batch and enqueueing it, a worker cut off by the network, a task that fails, records that expire. Every
+SWEEP_INTERVAL one process of the fleet (workers and APIs take turns through a lock in Redis; no extra process to
+run) sweeps:
 
 1. **Expired.** Ids whose records have expired leave every registry, so MAX_QUEUE and the gauges count only
    jobs that exist.
-2. **Running past its deadline.** A job still `running` RUNNING_MARGIN after its deadline, whose worker is gone
-   or no longer works on it, is queued again and dispatched; a job handed out MAX_DELIVERIES times fails as
-   `worker-lost` when a worker next takes it (worker/processing.py).
-3. **Admission cut short.** A batch whose API died while it was storing the upload's images keeps the jobs it
-   has (its total becomes theirs, so it can finish) and frees the places it had reserved in the queue.
-4. **Never dispatched.** A job `queued` for STRANDED_AFTER with no task on the broker naming it, and not waiting
-   its key's turn in fair share, is dispatched again.
-5. **Callbacks.** A batch's callback due for RESEND_AFTER with nothing done about it (its task was lost, its
+2. **Admission cut short.** A batch whose API died while it was storing the upload's images keeps the jobs it
+   has (its total becomes theirs, so it can finish), frees the places it had reserved in the queue, and frees its
+   idempotency key.
+3. **Chunks lost.** A bulk chunk released by fair share more than STRANDED_AFTER ago that no message on the broker
+   names (its sender died before sending it, or Redis lost the message) goes back to its key's pending list, so
+   that it is released and sent again and holds no place in the key's window meanwhile.
+4. **Leases over, no message.** A running job whose lease is over (its worker is gone) is the broker's to hand
+   out again while a message naming it is still there, unacknowledged: the broker restores it after the
+   visibility timeout, which ends after the lease. Only a job no message names (its task failed, or Redis lost the
+   message) is queued again here and dispatched. One path each, never both; and a job leased to a claim is
+   claimed by no other, so a job dispatched twice still runs once.
+5. **Never dispatched.** A job `queued` for STRANDED_AFTER with no message naming it, and not in any of its key's
+   chunks in fair share, is dispatched again.
+6. **Keys stalled.** A key with chunks pending and room in its window (its chunks in flight were lost, or their
+   sends failed) releases them.
+7. **Callbacks.** A batch's callback due for RESEND_AFTER with nothing done about it (its task was lost, its
    worker died mid-request, or its retry is too far off to wait on the broker) gets a delivery task
    (service/deliveries.py); of the tasks sent for one attempt, one makes it.
 
-Dispatching twice is harmless: a job runs only from `queued` (or again after its worker died), and the state
-machine refuses a second result.
+Every time compared is Redis' own (`TIME`), never this host's: the processes that wrote them run on other hosts.
 """
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery import Celery
 
+from service.broker import messages_in_broker
 from service.connections import connect
 from service.deliveries import Deliveries
+from service.dispatch import enqueue_bulk, send_bulk_chunks
 from service.fairshare import FairShare, window_for
 from service.jobstore import Job, JobStore, Lane
-from service.queue import (
-    HARD_LIMIT_MARGIN,
-    enqueue_bulk,
-    job_ids_in_broker,
-    send_classify_task,
-    send_delivery_task,
-)
+from service.queue import send_classify_task, send_delivery_task
 from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
-
-RUNNING_MARGIN = HARD_LIMIT_MARGIN + 5
-"""Seconds past a running job's deadline before the reconciler takes it back: by then its task has been stopped by
-the hard time limit if its worker is alive, so a job still running is one whose worker is gone."""
 
 ADMISSION_STALLED_AFTER = 30.0
 """Seconds a batch being admitted may store nothing before its admission is taken for dead (its API died): an
 API stores a chunk every few milliseconds while it reads an upload."""
 
 STRANDED_AFTER = 5.0
-"""Seconds a queued job may go without a task on the broker: far longer than an API takes from storing a batch
-to enqueueing it (milliseconds, and BATCH_WAIT_MS)."""
+"""Seconds a queued job, or a released chunk, may go without a message on the broker: far longer than an API or a
+worker takes from storing or releasing it to sending its task (milliseconds, and BATCH_WAIT_MS)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,10 @@ class Sweep:
 
     expired: int = 0
     """Ids of expired records taken out of the registries."""
+    chunks_put_back: int = 0
+    """Bulk chunks released and never sent, put back in their key's turn."""
     requeued: int = 0
-    """Running jobs taken back from a vanished worker and dispatched again."""
+    """Running jobs whose lease was over and that no message named, dispatched again."""
     redispatched: int = 0
     """Queued jobs that had no task, dispatched again."""
     callbacks: int = 0
@@ -93,32 +94,42 @@ class Reconciler:
             return None
         done = self.sweep()
         if done != Sweep():
-            log.warning("reconciled the queue: %d expired ids forgotten, %d jobs of vanished workers requeued, "
-                        "%d jobs without a task dispatched again, %d callbacks sent again", done.expired, done.requeued,
-                        done.redispatched, done.callbacks)
+            log.warning("reconciled the queue: %d expired ids forgotten, %d lost chunks put back, %d jobs of vanished "
+                        "workers requeued, %d jobs without a task dispatched again, %d callbacks sent again",
+                        done.expired, done.chunks_put_back, done.requeued, done.redispatched, done.callbacks)
         return done
 
     def sweep(self) -> Sweep:
         expired = self._store.forget_expired()
-        now = time.time()
-        for batch_id in self._store.stalled_admissions(idle_since=now - ADMISSION_STALLED_AFTER):
+        for batch_id in self._store.stalled_admissions(idle_for=ADMISSION_STALLED_AFTER):
             self._store.close_admission(batch_id)  # frees the places it reserved; the batch keeps what it has
-        abandoned = [job for job in self._store.running_past(now - RUNNING_MARGIN)
-                     if not self._workers.holds(job.worker, job.id) and self._store.requeue(job.id)]
-        stranded = self._stranded(now)
+        # The order of the reads matters: the job store's registries, then fair share, then the broker. A job or
+        # chunk that moves on meanwhile (released, then sent) is then seen at its later place, never at none.
+        leases_over = self._store.leases_over()
+        waiting = self._store.queued_for(STRANDED_AFTER)
+        owners = self._fair_share.owners()
+        pending = self._fair_share.pending_job_ids(owners)
+        in_flight = self._fair_share.in_flight(owners)
+        messages = messages_in_broker(self._broker)
+        named_jobs = {job_id for message in messages for job_id in message.job_ids}
+        named_chunks = {message.chunk for message in messages if message.chunk}
+
+        lost_before = self._store.redis_now() - STRANDED_AFTER
+        lost = [chunk for chunk in in_flight if chunk.chunk.id not in named_chunks and chunk.released_at < lost_before]
+        put_back = sum(self._fair_share.put_back(chunk.owner, [chunk.chunk.id], released_before=lost_before)
+                       for chunk in lost)
+        in_chunks = {job_id for chunk in in_flight for job_id in chunk.chunk.job_ids}  # the lost ones are pending now
+        abandoned = [job for job in leases_over
+                     if job.id not in named_jobs and self._store.requeue_abandoned(job.id)]
+        stranded = [job for job in waiting if job.id not in named_jobs | pending | in_chunks]
         self._dispatch([*abandoned, *stranded])
+        self._release_stalled(owners)
+
         overdue = self._deliveries.overdue()
         for batch_id, attempts in overdue.items():
             send_delivery_task(batch_id, attempts, app=self._celery)
-        return Sweep(expired=expired, requeued=len(abandoned), redispatched=len(stranded), callbacks=len(overdue))
-
-    def _stranded(self, now: float) -> list[Job]:
-        waiting = self._store.queued_since(now - STRANDED_AFTER)
-        if not waiting:
-            return []
-        # Read after the registries: a task sent in between is then seen here, never taken for missing.
-        known = job_ids_in_broker(self._broker) | self._fair_share.pending_job_ids()
-        return [job for job in waiting if job.id not in known]
+        return Sweep(expired=expired, chunks_put_back=put_back, requeued=len(abandoned), redispatched=len(stranded),
+                     callbacks=len(overdue))
 
     def _dispatch(self, jobs: Sequence[Job]) -> None:
         """Enqueue the jobs as their lanes do: interactive ones at once, bulk ones through their owner's fair share."""
@@ -135,3 +146,11 @@ class Reconciler:
         for owner, job_ids in bulk.items():
             enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window, max_batch=self._max_batch,
                          app=self._celery)
+
+    def _release_stalled(self, owners: Sequence[str]) -> None:
+        """Let each key with work release what its window has room for: nothing, for a key whose chunks are moving
+        (each finish releases the next); the chunks a key would otherwise wait for in vain, for one that stalled."""
+        window = window_for(self._workers.count())
+        for owner in owners:
+            send_bulk_chunks(self._fair_share.release(owner, window=window), owner=owner,
+                             fair_share=self._fair_share, app=self._celery)

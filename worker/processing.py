@@ -9,9 +9,11 @@ an explanation that fails leaves the job succeeded with the reason in its result
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from functools import partial
 
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pneuradnet.classifier import Classifier, PreparedImage
 from pneuradnet.errors import InvalidImageError, PneuradnetError
@@ -58,24 +60,26 @@ class LazyExplainer:
         return self._explainer
 
 
-def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, job_timeout: float,
+def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, token: str, lease: float,
                  max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
+    """Claim the jobs for the run `token` (a lease of `lease` seconds), classify them in one forward pass, and store
+    each outcome. Only what this run holds is stored; once the forward pass is done, its results are stored however
+    long Redis takes to answer again (within the task's time limit), so that a short outage costs no work twice."""
     received = time.perf_counter()
-    deadline = time.time() + job_timeout
-    claimed = store.start_many(job_ids, deadline=deadline, worker=worker)
+    claimed = store.claim(job_ids, token=token, lease=lease, worker=worker)
     stored: list[tuple[Job, bytes]] = []
     for job, data in zip(claimed, store.images([job.id for job in claimed]), strict=True):
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
-            _fail(store, job, problem("worker-lost", "Worker lost", 500,
-                                      f"the worker processing this image stopped {job.deliveries - 1} times; "
-                                      "the image was not classified"))
+            _fail(store, job, token, problem("worker-lost", "Worker lost", 500,
+                                             f"the worker processing this image stopped {job.deliveries - 1} times; "
+                                             "the image was not classified"))
         elif data is None:
-            _fail(store, job, problem("image-missing", "Image missing", 500,
-                                      "the uploaded image is no longer stored (it expired before a worker took it)"))
+            _fail(store, job, token, problem("image-missing", "Image missing", 500, "the uploaded image is no "
+                                             "longer stored (it expired before a worker took it)"))
         else:
             stored.append((job, data))
-    observe(store, "queue_wait_seconds", [_seconds_since(job.created_at) for job in claimed])
+    observe(store, "queue_wait_seconds", [job.queue_wait for job in claimed if job.queue_wait is not None])
     # Explained jobs keep their decoded image, for the heatmap to be drawn over.
     decoded = classifier.prepare_each([(job.filename, data) for job, data in stored],
                                       keep_decoded=[job.explain for job, _ in stored])
@@ -84,7 +88,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
         if isinstance(outcome, PreparedImage):
             prepared.append((job, outcome))
         else:
-            _fail_to_decode(store, job, outcome)
+            _fail_to_decode(store, job, token, outcome)
     if not prepared:
         return
     started = time.perf_counter()
@@ -95,42 +99,65 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
         raise  # JOB_TIMEOUT: the task fails the jobs with that reason
     except Exception as error:
         log.exception("inference failed for %d jobs", len(prepared))
+        failure = problem("inference-failed", "Inference failed", 500,
+                          f"the model could not classify this image ({type(error).__name__})")
         for job, _ in prepared:
-            _fail(store, job, problem("inference-failed", "Inference failed", 500,
-                                      f"the model could not classify this image ({type(error).__name__})"))
+            _patiently(partial(_fail, store, job, token, failure))
         return
+    log.info("forward pass of %d images", len(prepared),
+             extra={"event": "forward-pass", "job_ids": [job.id for job, _ in prepared]})
     observe(store, "inference_seconds", [time.perf_counter() - started])
     observe(store, "batch_size", [len(prepared)])
     outcomes = list(zip(prepared, predictions, strict=True))
     # Jobs without explain first, in one round trip: their results do not wait for the heatmaps of the others.
-    _succeed(store, [(job, prediction.to_dict()) for (job, _), prediction in outcomes if not job.explain])
+    plain = [(job, prediction.to_dict()) for (job, _), prediction in outcomes if not job.explain]
+    _patiently(partial(_succeed, store, plain, token))
     for (job, image), prediction in outcomes:
         if job.explain:
-            _succeed(store, [(job, prediction.to_dict() | _explain(store, job, image, prediction, explainer))])
+            explained = [(job, prediction.to_dict() | _explain(store, job, image, prediction, explainer))]
+            _patiently(partial(_succeed, store, explained, token))
 
 
-def _succeed(store: JobStore, results: list[tuple[Job, dict]]) -> None:
-    succeeded = set(store.succeed_many({job.id: result for job, result in results}))
+STORE_RETRY_WAIT = 0.5
+"""Seconds between tries at storing a forward pass's outcomes while Redis does not answer."""
+
+
+def _patiently(store_outcomes: Callable[[], None]) -> None:
+    """Store what a forward pass found, trying again until Redis answers: the work is done and must not be lost to a
+    restart or a partition. The task's time limit ends the wait (its jobs are then failed, or left to the lease)."""
+    while True:
+        try:
+            store_outcomes()
+            return
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            log.warning("storing results failed, trying again in %g s: %s", STORE_RETRY_WAIT, error)
+            time.sleep(STORE_RETRY_WAIT)
+
+
+def _succeed(store: JobStore, results: list[tuple[Job, dict]], token: str) -> None:
+    if not results:
+        return
+    succeeded = set(store.succeed_many({job.id: result for job, result in results}, holder=token))
     for job, _ in results:
         if job.id in succeeded:
             job_event(log, "succeeded", job.id, batch_id=job.batch_id, status="succeeded")
 
 
-def fail_unfinished(job_ids: Sequence[str], *, store: JobStore, error: dict) -> None:
-    """Fail every job of the chunk that has not finished, e.g. when the task ran out of time."""
+def fail_held(job_ids: Sequence[str], *, store: JobStore, token: str, error: dict) -> None:
+    """Fail every job of the chunk that the run `token` holds and has not finished, e.g. when its time ran out."""
     for job in store.get_jobs(job_ids):
-        if not job.status.finished:
-            _fail(store, job, error)
+        if job.token == token and not job.status.finished:
+            _fail(store, job, token, error)
 
 
-def _fail_to_decode(store: JobStore, job: Job, error: Exception) -> None:
+def _fail_to_decode(store: JobStore, job: Job, token: str, error: Exception) -> None:
     if isinstance(error, InvalidImageError):
-        _fail(store, job, problem("invalid-image", "Invalid image", 422, str(error)))
+        _fail(store, job, token, problem("invalid-image", "Invalid image", 422, str(error)))
         return
     # A worker never dies from an image: an unexpected decoder error fails this job only.
     log.error("job %s: unexpected error while decoding", job.id, exc_info=error)
-    _fail(store, job, problem("invalid-image", "Invalid image", 422,
-                              f"the image could not be decoded ({type(error).__name__})"))
+    _fail(store, job, token, problem("invalid-image", "Invalid image", 422,
+                                     f"the image could not be decoded ({type(error).__name__})"))
 
 
 def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Prediction,
@@ -157,10 +184,6 @@ def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Predic
     return {"heatmap": True, "timings_ms": timings}
 
 
-def _seconds_since(timestamp: str) -> float:
-    return max(0.0, time.time() - datetime.fromisoformat(timestamp).timestamp())
-
-
-def _fail(store: JobStore, job: Job, error: dict) -> None:
-    store.fail(job.id, error)
-    job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
+def _fail(store: JobStore, job: Job, token: str, error: dict) -> None:
+    if store.fail(job.id, error, holder=token):
+        job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])

@@ -20,11 +20,15 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import cast
 
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.worker.request import Request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,18 +36,19 @@ from pneuradnet.classifier import Classifier
 from pneuradnet.explain import GradCam
 from pneuradnet.manifest import sha256_of
 from service.deliveries import first_attempt_sender
+from service.dispatch import send_bulk_chunks
 from service.fairshare import FairShare, window_for
-from service.jobstore import JobStore, now_iso
+from service.jobstore import JobStore, new_token, now_iso
 from service.keys import WORKER_TTL
 from service.logs import configure_logging
 from service.metrics import observe
 from service.problems import problem
-from service.queue import CLASSIFY_TASK, send_bulk_chunks
+from service.queue import CLASSIFY_TASK, lease_seconds
 from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
 from worker.app import celery_app
-from worker.processing import LazyExplainer, fail_unfinished, process_jobs
+from worker.processing import LazyExplainer, fail_held, process_jobs
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +111,42 @@ BUSY_GAP = 0.5
 (only the shorter ones are measured: `between_tasks_seconds`)."""
 
 
+class ClassifyRequest(Request):
+    """A classify task's request, as the worker's parent process handles it: when the model process running it
+    dies (killed, out of memory, stopped at the hard time limit), the parent, which saw it die, queues its jobs
+    again before Celery hands the task back to the broker (task_reject_on_worker_lost), so that the task's next
+    run takes them at once instead of waiting for their lease to end."""
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        error = exc_info.exception
+        if isinstance(error, ExceptionWithTraceback):  # how the pool hands over a child's error
+            error = error.exc
+        died = isinstance(error, (WorkerLostError, TimeLimitExceeded, SystemExit))
+        if died and self.worker_pid:
+            _release_dead(self.args[0], f"{socket.gethostname()}:{self.worker_pid}")
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+@cache
+def _parent_store() -> JobStore:
+    """The parent process's own access to the job store (it never loads a model process's resources)."""
+    settings = get_settings()
+    return JobStore(settings.redis_url, ttl=settings.job_ttl)
+
+
+def _release_dead(job_ids: list[str], process: str) -> None:
+    try:
+        released = _parent_store().release_dead(job_ids, process=process)
+    except Exception as error:  # Redis away: the jobs' lease ends them instead
+        log.warning("model process %s died; its jobs could not be queued again (%s)", process, error)
+        return
+    log.warning("model process %s died under a task: %d of its jobs queued again", process, len(released))
+
+
 class ClassifyTask(Task):
     """The classify task, holding its process's resources: loaded on first use, kept for the process's life."""
+
+    Request = "worker.tasks:ClassifyRequest"
 
     _resources: ProcessResources | None = None
     last_finished: float | None = None
@@ -176,29 +215,59 @@ def _classify_task() -> ClassifyTask:
 
 @celery_app.task(name=CLASSIFY_TASK, base=ClassifyTask, bind=True)
 def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, owner: str = "") -> None:
-    """Classify a chunk of jobs; a bulk chunk (`chunk` named) then releases its owner's next (fair share)."""
+    """Classify a chunk of jobs; a bulk chunk (`chunk` named) then releases its owner's next (fair share).
+
+    Whatever happens, the run lets go of what it holds: the jobs it claimed are finished or given back, and the
+    chunk's place in its owner's window goes to the next chunk; but a run that hands its task back to the broker
+    (the job store went away) leaves the chunk to the task's next run.
+    """
     resources = self.resources
     settings = get_settings()
+    run = new_token()
     if self.last_finished is not None and (gap := time.perf_counter() - self.last_finished) < BUSY_GAP:
         observe(resources.store, "between_tasks_seconds", [gap])
+    finish_chunk = chunk is not None
     try:
-        resources.registry.hold(resources.name, job_ids)
         try:
-            process_jobs(job_ids, store=resources.store, classifier=resources.classifier,
-                         job_timeout=settings.job_timeout, max_deliveries=settings.max_deliveries,
+            process_jobs(job_ids, store=resources.store, classifier=resources.classifier, token=run,
+                         lease=lease_seconds(settings), max_deliveries=settings.max_deliveries,
                          worker=resources.name, explainer=resources.explainer)
         except SoftTimeLimitExceeded:
-            fail_unfinished(job_ids, store=resources.store, error=problem(
-                "job-timeout", "Job timeout", 504,
-                f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
-        resources.registry.hold(resources.name, [])
+            fail_held(job_ids, store=resources.store, token=run, error=problem(
+                "job-timeout", "Job timeout", 504, f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
     except (RedisConnectionError, RedisTimeoutError) as error:
         # The job store went away mid-task (a restart, a partition): hand the task back to the queue rather than
         # drop it; if Redis cannot take it back yet, it stays unacknowledged and is handed out again later.
+        _give_back(resources.store, job_ids, run)
+        finish_chunk = False
         raise Reject(f"the job store does not answer ({error})", requeue=True) from error
-    if chunk is not None:
-        # Sent before this task is acknowledged: a worker that dies in between runs it again, and the release
-        # then answers the same chunks (sending one twice is harmless, losing one is not).
-        released = resources.fair_share.finish(owner, chunk, window=window_for(resources.registry.count()))
-        send_bulk_chunks(released, owner=owner, app=celery_app)
+    except Exception:
+        # A failure of the service's own: the jobs go back to the queue, where the reconciler finds them without a
+        # task and dispatches them again; MAX_DELIVERIES ends a job that fails every time.
+        log.exception("the task failed: its jobs are given back")
+        _give_back(resources.store, job_ids, run)
+        raise
+    finally:
+        if finish_chunk:
+            assert chunk is not None
+            _finish_chunk(resources, owner, chunk, run)
     self.last_finished = time.perf_counter()
+
+
+def _give_back(store: JobStore, job_ids: list[str], run: str) -> None:
+    """Queue again the jobs this run holds; if Redis does not answer, their lease ends them instead."""
+    try:
+        store.give_back(job_ids, holder=run)
+    except Exception as error:
+        log.warning("the jobs of a failed task could not be given back (%s): their lease will free them", error)
+
+
+def _finish_chunk(resources: ProcessResources, owner: str, chunk: str, run: str) -> None:
+    """Release the owner's next chunks, and send them. If that fails, the chunk stays in flight with no message
+    naming it, and the reconciler puts it back in its owner's turn."""
+    try:
+        released = resources.fair_share.finish(owner, chunk, run=run, window=window_for(resources.registry.count()))
+        send_bulk_chunks(released, owner=owner, fair_share=resources.fair_share, app=celery_app)
+    except Exception as error:
+        log.warning("chunk %s finished, but its owner's next chunks were not released (%s): the reconciler will",
+                    chunk, error)

@@ -10,7 +10,7 @@ from redis import Redis
 
 from service.jobstore import JobStatus, JobStore, Upload
 from service.keys import PREFIX
-from service.queue import QUEUE
+from service.queue import BULK_QUEUE
 from tests.live_service import TEST_REDIS_URL, enqueue, start_api
 from tests.processes import stop
 
@@ -33,7 +33,7 @@ def as_key(url: str, key: str | None) -> httpx.Client:
 def test_a_full_queue_refuses_a_request_whole(guarded_api: str, store: JobStore):
     store.create_batch([Upload(f"{n}.png", b"x") for n in range(3)])  # stored, never enqueued: the queue is full
     broker = Redis.from_url(TEST_REDIS_URL)
-    tasks_before = broker.llen(QUEUE)
+    tasks_before = broker.llen(BULK_QUEUE)
 
     with as_key(guarded_api, "key-a") as client:
         answer = client.post("/jobs", files={"files": ("one-more.png", b"x")})
@@ -42,7 +42,7 @@ def test_a_full_queue_refuses_a_request_whole(guarded_api: str, store: JobStore)
     assert answer.headers["retry-after"] == "30"
     assert "nothing of this request was queued" in answer.json()["detail"]
     assert store.queued_count() == 3
-    assert broker.llen(QUEUE) == tasks_before
+    assert broker.llen(BULK_QUEUE) == tasks_before
 
 
 def test_keys_are_required_everywhere_but_health(guarded_api: str, store: JobStore):

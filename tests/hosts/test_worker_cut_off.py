@@ -14,9 +14,14 @@ from redis import Redis
 from redis.client import PubSub
 
 from service.jobstore import Job, JobStatus, JobStore, Upload
-from service.keys import WORKER_TTL
-from service.queue import RESTORE_INTERVAL, VISIBILITY_MARGIN, make_celery, send_classify_task
-from service.reconciler import RUNNING_MARGIN
+from service.queue import (
+    HARD_LIMIT_MARGIN,
+    LEASE_MARGIN,
+    RESTORE_INTERVAL,
+    VISIBILITY_MARGIN,
+    make_celery,
+    send_classify_task,
+)
 from service.settings import Settings
 from tests.hosts.network import Namespace
 from tests.hosts.services import Processes, RedisServer, service_env
@@ -32,10 +37,9 @@ SETTINGS = {"JOB_TIMEOUT": str(JOB_TIMEOUT), "SWEEP_INTERVAL": str(SWEEP_INTERVA
             "WORKER_THREADS": "1"}
 VISIBILITY_TIMEOUT = JOB_TIMEOUT + VISIBILITY_MARGIN
 
-RECONCILER_TAKES_BACK = max(JOB_TIMEOUT + RUNNING_MARGIN, WORKER_TTL) + SWEEP_INTERVAL
-"""Seconds after the cut by which the reconciler has queued the cut-off worker's running jobs again: past their
-deadline (at most JOB_TIMEOUT after the cut) by RUNNING_MARGIN, with the worker's announcement lapsed (WORKER_TTL
-after its last heartbeat), at the next sweep."""
+RECONCILER_TAKES_BACK = JOB_TIMEOUT + HARD_LIMIT_MARGIN + LEASE_MARGIN + SWEEP_INTERVAL
+"""Seconds after the cut by which the reconciler has queued again the cut-off worker's running jobs that no message
+names: their lease is over (it began before the cut), at the next sweep."""
 BROKER_RESTORES = VISIBILITY_TIMEOUT + RESTORE_INTERVAL
 """Seconds after the cut by which the broker has handed out again any task the cut-off worker took: its visibility
 timeout, counted from when the worker took it (before the cut), found at the next restore sweep."""

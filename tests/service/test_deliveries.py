@@ -44,14 +44,14 @@ def deliveries(redis: Redis) -> Iterator[Deliveries]:
 def finished_batch(store: JobStore, count: int = 1, callback: Callback | None = CALLBACK) -> str:
     batch, jobs, _ = store.create_batch([Upload(f"{n}.png", b"png") for n in range(count)], callback=callback)
     for job in jobs:
-        store.start(job.id, deadline=time.time() + 60)
-        store.succeed(job.id, {"predicted_class": "NORMAL"})
+        store.claim([job.id], token="run-1", lease=60)
+        store.succeed_many({job.id: {"predicted_class": "NORMAL"}}, holder="run-1")
     return batch.id
 
 
 def finish_with(together: threading.Barrier, store: JobStore, job_id: str) -> None:
     together.wait()
-    store.succeed_many({job_id: {"predicted_class": "NORMAL"}})
+    store.succeed_many({job_id: {"predicted_class": "NORMAL"}}, holder="run-1")
 
 
 def test_the_last_of_two_jobs_finished_at_the_same_moment_makes_the_callback_due_once(redis: Redis):
@@ -60,7 +60,7 @@ def test_the_last_of_two_jobs_finished_at_the_same_moment_makes_the_callback_due
     batch_ids = []
     for _ in range(200):
         batch, jobs, _ = stores[0].create_batch([Upload("a.png", b"a"), Upload("b.png", b"b")], callback=CALLBACK)
-        stores[0].start_many([job.id for job in jobs], deadline=time.time() + 60)
+        stores[0].claim([job.id for job in jobs], token="run-1", lease=60)
         batch_ids.append(batch.id)
         together = threading.Barrier(2)
         threads = [threading.Thread(target=finish_with, args=(together, store, job.id))
@@ -167,11 +167,11 @@ def test_a_batch_finished_by_its_own_admission_is_due(redis: Redis):
     unreadable = {"type": "urn:pneuradnet:problem:invalid-zip-member", "title": "Invalid ZIP member", "status": 422,
                   "detail": "member a.png of s.zip cannot be read"}
     every_member_bad, _ = store.open_batch(total=1, callback=CALLBACK)
-    store.add_jobs(every_member_bad, [Upload("a.png", b"", error=unreadable)])
+    store.add_jobs(every_member_bad, [Upload("a.png", b"", error=unreadable)], stored_before=0)
     cut_short, _ = store.open_batch(total=3, callback=CALLBACK)  # its API dies after one image, which then finishes
-    (job,) = store.add_jobs(cut_short, [Upload("b.png", b"b")])
-    store.start(job.id, deadline=time.time() + 60)
-    store.succeed(job.id, {"predicted_class": "NORMAL"})
+    (job,) = store.add_jobs(cut_short, [Upload("b.png", b"b")], stored_before=0)
+    store.claim([job.id], token="run-1", lease=60)
+    store.succeed_many({job.id: {"predicted_class": "NORMAL"}}, holder="run-1")
     assert redis.zscore(WEBHOOKS_DUE, cut_short.id) is None  # two of its three images are still to come
 
     store.close_admission(cut_short.id)

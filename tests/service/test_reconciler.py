@@ -5,14 +5,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kombu import Connection
 from redis import Redis
 
 from service import reconciler as reconciler_module
-from service.fairshare import FairShare
+from service.broker import messages_in_broker
+from service.fairshare import Chunk, FairShare
 from service.jobstore import JobStatus, JobStore, Lane, Upload
-from service.keys import fair_pending_key
-from service.queue import job_ids_in_broker, make_celery, send_classify_task
-from service.reconciler import RUNNING_MARGIN, Reconciler
+from service.keys import RUNNING_REGISTRY, fair_pending_key
+from service.queue import BULK_QUEUE, make_celery, send_classify_task
+from service.reconciler import Reconciler
 from service.settings import Settings
 from service.workers import WorkerRegistry
 from tests.live_service import UNCONSUMED_REDIS_URL, empty_database
@@ -43,11 +45,20 @@ def submit(store: JobStore, count: int = 1, **options: object) -> list:
     return jobs
 
 
+def named_jobs(redis: Redis) -> set[str]:
+    return {job_id for message in messages_in_broker(redis) for job_id in message.job_ids}
+
+
+def lease_runs_out(redis: Redis, store: JobStore, job_id: str) -> None:
+    """As if the lease had been granted long ago: its worker is gone (dead, or cut off)."""
+    redis.zadd(RUNNING_REGISTRY, {job_id: store.redis_now() - 1})
+
+
 def test_expired_ids_leave_every_registry(redis: Redis, parts):
     _, _, reconciler = parts
     short = JobStore(URL, ttl=1)
     _, running = submit(short, 2)
-    short.start(running.id, deadline=time.time() + 60)
+    short.claim([running.id], token="run-1", lease=60)
     time.sleep(1.2)  # the records expire; nothing else takes their ids out of the registries
 
     assert short.queued_count() == 1 and short.running_count() == 1
@@ -56,34 +67,40 @@ def test_expired_ids_leave_every_registry(redis: Redis, parts):
     short.close()
 
 
-def test_a_running_job_whose_worker_vanished_is_queued_again_and_dispatched(parts):
+def test_a_running_job_whose_lease_is_over_and_that_no_message_names_is_dispatched_again(redis: Redis, parts):
     store, _, reconciler = parts
     (job,) = submit(store)
-    store.start(job.id, deadline=time.time() - RUNNING_MARGIN - 1, worker="gone-host:42")
+    store.claim([job.id], token="run-1", lease=60, worker="gone-host:42")  # its task ended without finishing it
 
+    assert reconciler.sweep().requeued == 0  # leased: left alone
+    lease_runs_out(redis, store, job.id)
     assert reconciler.sweep().requeued == 1
 
     requeued = store.get_job(job.id)
     assert requeued.status is JobStatus.QUEUED and requeued.deliveries == 1  # MAX_DELIVERIES still counts it
     assert store.images([job.id]) == [b"png bytes"]
-    assert job.id in job_ids_in_broker(Redis.from_url(URL))
+    assert job.id in named_jobs(redis)
 
 
-def test_a_job_its_live_worker_still_works_on_is_left_alone(parts):
-    store, workers, reconciler = parts
+def test_a_job_whose_message_the_broker_still_holds_is_left_to_the_broker(redis: Redis, parts):
+    """One path after a worker's death: the broker hands its unacknowledged message out again after the visibility
+    timeout; the reconciler does not dispatch the job a second time meanwhile."""
+    store, _, reconciler = parts
     (job,) = submit(store)
-    workers.announce("busy-host:7", {"model_name": "m"})
-    workers.hold("busy-host:7", [job.id])
-    store.start(job.id, deadline=time.time() - RUNNING_MARGIN - 1, worker="busy-host:7")
+    send_classify_task([job.id], app=make_celery(Settings(redis_url=URL)))
+    with Connection(URL, transport="service.broker:Transport") as connection:
+        taken = connection.default_channel.basic_get(BULK_QUEUE, no_ack=False)  # taken, and never acknowledged
+        assert taken is not None
+        store.claim([job.id], token="run-1", lease=60)
+        lease_runs_out(redis, store, job.id)  # then its worker died
 
-    assert reconciler.sweep().requeued == 0
-    assert store.get_job(job.id).status is JobStatus.RUNNING
-
-    workers.hold("busy-host:7", [])  # its task ended without finishing the job (e.g. cut off from Redis)
-    assert reconciler.sweep().requeued == 1
+        assert reconciler.sweep().requeued == 0
+        assert store.get_job(job.id).status is JobStatus.RUNNING
+        assert [message.job_ids for message in messages_in_broker(redis)] == [[job.id]]
 
 
-def test_a_queued_job_without_a_task_is_dispatched_in_its_lane(parts, monkeypatch: pytest.MonkeyPatch):
+def test_a_queued_job_without_a_task_is_dispatched_in_its_lane(redis: Redis, parts,
+                                                               monkeypatch: pytest.MonkeyPatch):
     store, _, reconciler = parts
     monkeypatch.setattr(reconciler_module, "STRANDED_AFTER", 0.2)
     stranded = submit(store, 2, lane=Lane.INTERACTIVE)
@@ -94,8 +111,7 @@ def test_a_queued_job_without_a_task_is_dispatched_in_its_lane(parts, monkeypatc
 
     assert reconciler.sweep().redispatched == 5
 
-    in_broker = job_ids_in_broker(Redis.from_url(URL))
-    assert {job.id for job in [*stranded, *bulk, *enqueued]} <= in_broker
+    assert {job.id for job in [*stranded, *bulk, *enqueued]} <= named_jobs(redis)
     assert reconciler.sweep().redispatched == 0  # now each has its task: nothing is dispatched twice
 
 
@@ -109,6 +125,27 @@ def test_bulk_jobs_without_a_task_wait_their_keys_turn(redis: Redis, parts, monk
 
     assert redis.llen(fair_pending_key("team-a")) == 3
     assert reconciler.sweep().redispatched == 0  # chunks waiting their turn are not stranded
+
+
+def test_a_chunk_released_and_never_sent_is_put_back_and_its_key_moves_again(redis: Redis, parts,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    store, _, reconciler = parts
+    monkeypatch.setattr(reconciler_module, "STRANDED_AFTER", 0.2)
+    fair_share = FairShare(URL, ttl=600)
+    jobs = submit(store, 16 * 3, owner="team-a")
+    chunks = [[job.id for job in jobs[start:start + 16]] for start in (0, 16, 32)]
+    # Its API released two chunks and died before sending them: the key's window is full, with nothing in the broker.
+    fair_share.admit("team-a", [Chunk(id=f"chunk-{n}", job_ids=ids) for n, ids in enumerate(chunks)], window=2)
+    assert named_jobs(redis) == set()
+    time.sleep(0.3)
+
+    done = reconciler.sweep()
+
+    assert (done.chunks_put_back, done.redispatched) == (2, 0)  # sent again in their turn, not dispatched twice
+    assert [message.chunk for message in messages_in_broker(redis)] == ["chunk-0", "chunk-1"]
+    assert redis.llen(fair_pending_key("team-a")) == 1
+    assert reconciler.sweep() == reconciler_module.Sweep()  # and the books agree now
+    fair_share.close()
 
 
 def test_one_process_of_the_fleet_sweeps_each_interval(parts):
@@ -129,7 +166,7 @@ def test_an_admission_cut_short_keeps_its_jobs_and_frees_its_places(redis: Redis
     store, _, reconciler = parts
     monkeypatch.setattr(reconciler_module, "ADMISSION_STALLED_AFTER", 0.1)
     batch, _ = store.open_batch(total=20, max_queue=20)
-    store.add_jobs(batch, [Upload(f"{n}.png", b"png bytes") for n in range(16)])  # then its API died
+    store.add_jobs(batch, [Upload(f"{n}.png", b"png bytes") for n in range(16)], stored_before=0)  # its API died
     time.sleep(0.2)
 
     reconciler.sweep()

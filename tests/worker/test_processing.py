@@ -30,7 +30,8 @@ class StripedExplainer:
 
 
 def run(store: JobStore, classifier, job_ids: list[str], explainer) -> None:
-    process_jobs(job_ids, store=store, classifier=classifier, job_timeout=60, max_deliveries=3, explainer=explainer)
+    process_jobs(job_ids, store=store, classifier=classifier, token="run-1", lease=60, max_deliveries=3,
+                 explainer=explainer)
 
 
 @pytest.mark.model
@@ -75,6 +76,45 @@ def test_an_explanation_that_cannot_be_made_leaves_the_prediction_and_says_why(s
         assert done.result["explanation_error"] == "manifest 'x' names no explain_layer"
         assert store.heatmap(job.id) is None
     assert attempts == [1], "a load that failed is not tried again for every job"
+
+
+class CountingClassifier:
+    """The real classifier, counting its forward passes; `after_forward_pass` runs once each has been made."""
+
+    def __init__(self, classifier, after_forward_pass) -> None:
+        self._classifier = classifier
+        self._after = after_forward_pass
+        self.forward_passes = 0
+
+    def prepare_each(self, *args, **kwargs):
+        return self._classifier.prepare_each(*args, **kwargs)
+
+    def predict(self, images):
+        predictions = self._classifier.predict(images)
+        self.forward_passes += 1
+        self._after()
+        return predictions
+
+
+@pytest.mark.model
+def test_results_outlive_a_redis_outage_after_the_forward_pass(store: JobStore, default_classifier,
+                                                               radiographs: list[Path]):
+    """Redis restarts, or the network drops, just as a chunk's results are to be stored: they are stored once it
+    answers again, and the work is not done twice."""
+    from tests.live_service import TEST_REDIS_URL
+    from tests.lossy_proxy import lossy_proxy
+
+    _, jobs, _ = store.create_batch([Upload(path.name, path.read_bytes()) for path in radiographs[:4]])
+    with lossy_proxy() as proxy:
+        through_proxy = JobStore(f"{proxy.url}/{TEST_REDIS_URL.rsplit('/', 1)[1]}", ttl=600)
+        counting = CountingClassifier(default_classifier, lambda: proxy.cut_for(4.0))
+        process_jobs([job.id for job in jobs], store=through_proxy, classifier=counting, token="run-1", lease=60,
+                     max_deliveries=3)
+        through_proxy.close()
+
+    assert counting.forward_passes == 1
+    assert [job.status for job in store.get_jobs([job.id for job in jobs])] == [JobStatus.SUCCEEDED] * 4
+    assert store.metrics()["jobs_succeeded"] == 4
 
 
 def test_the_worker_module_does_not_import_tensorflow():

@@ -21,8 +21,9 @@ import pytest
 from redis import Redis
 
 from pneuradnet.client import verify_webhook
+from service.broker import UNACKED
 from service.notice import DISCLAIMER
-from service.queue import UNACKED, WEBHOOK_QUEUE
+from service.queue import WEBHOOK_QUEUE
 from tests.live_service import start_api, start_worker
 from tests.processes import free_port, stop, wait_until
 

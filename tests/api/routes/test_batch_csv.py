@@ -4,7 +4,6 @@ file names that no spreadsheet runs as formulas."""
 import csv
 import io
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -37,9 +36,9 @@ async def csv_rows(api: httpx.AsyncClient, batch_id: str) -> tuple[list[str], li
 async def test_a_batch_whose_jobs_all_failed_has_the_models_label_columns(api: httpx.AsyncClient, store: JobStore):
     submitted = (await api.post("/jobs", files=images("a.png", "b.png"))).json()
     ids = [job["id"] for job in submitted["jobs"]]
-    store.start_many(ids, deadline=time.time() + 60)
+    store.claim(ids, token="run-1", lease=60)
     for job_id in ids:
-        store.fail(job_id, NOT_AN_IMAGE)
+        store.fail(job_id, NOT_AN_IMAGE, holder="run-1")
 
     columns, rows = await csv_rows(api, submitted["batch_id"])
 
@@ -67,8 +66,8 @@ async def test_the_label_columns_come_from_the_manifest_the_api_is_configured_wi
 async def test_file_names_that_look_like_formulas_are_written_as_text(api: httpx.AsyncClient, store: JobStore):
     submitted = (await api.post("/jobs", files=images(*HOSTILE))).json()
     ids = [job["id"] for job in submitted["jobs"]]
-    store.start_many(ids, deadline=time.time() + 60)
-    store.succeed_many({job_id: result(0.75) for job_id in ids})
+    store.claim(ids, token="run-1", lease=60)
+    store.succeed_many({job_id: result(0.75) for job_id in ids}, holder="run-1")
 
     _, rows = await csv_rows(api, submitted["batch_id"])
 

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import time
 
 import httpx
 
@@ -45,8 +44,8 @@ async def test_an_unfinished_batch_asks_to_be_polled_again(api: httpx.AsyncClien
     job_id = submitted["jobs"][0]["id"]
 
     unfinished = await api.get(f"/batches/{submitted['batch_id']}")
-    store.start_many([job_id], deadline=time.time() + 60)
-    store.succeed_many({job_id: result_of("NORMAL", 0.9)})
+    store.claim([job_id], token="run-1", lease=60)
+    store.succeed_many({job_id: result_of("NORMAL", 0.9)}, holder="run-1")
     finished = await api.get(f"/batches/{submitted['batch_id']}")
 
     assert int(unfinished.headers["retry-after"]) > 0
@@ -58,8 +57,9 @@ async def test_the_csv_export_has_a_row_per_job_in_upload_order(api: httpx.Async
     submitted = (await api.post("/jobs", files=images("normal.png", "sick.png", "waiting.png"))).json()
     ids = [job["id"] for job in submitted["jobs"]]
     # What a worker does with a task: take its jobs, then store their results.
-    assert [job.id for job in store.start_many(ids[:2], deadline=time.time() + 60)] == ids[:2]
-    assert store.succeed_many({ids[0]: result_of("NORMAL", 0.875), ids[1]: result_of("PNEUMONIA", 0.75)}) == ids[:2]
+    assert [job.id for job in store.claim(ids[:2], token="run-1", lease=60)] == ids[:2]
+    results = {ids[0]: result_of("NORMAL", 0.875), ids[1]: result_of("PNEUMONIA", 0.75)}
+    assert store.succeed_many(results, holder="run-1") == ids[:2]
 
     answer = await api.get(f"/batches/{submitted['batch_id']}", params={"format": "csv"})
 

@@ -7,7 +7,7 @@ import httpx
 from redis import Redis
 
 from service.fairshare import window_for
-from service.queue import INTERACTIVE_QUEUE, QUEUE
+from service.queue import BULK_QUEUE, INTERACTIVE_QUEUE
 from tests.api.routes.support import Serve, assert_problem, bearer, images, pending_chunks, queue_tasks, stored_keys
 
 ALICE = "alice-key-0123456789"
@@ -25,7 +25,7 @@ async def test_a_small_submission_is_interactive_and_a_large_one_bulk(api: httpx
     assert small.json()["lane"] == "interactive" and large.json()["lane"] == "bulk"
     assert [job_ids for job_ids, _ in queue_tasks(redis_db, INTERACTIVE_QUEUE)] == [
         [job["id"] for job in small.json()["jobs"]]]
-    bulk = [job_ids for job_ids, _ in queue_tasks(redis_db, QUEUE)]
+    bulk = [job_ids for job_ids, _ in queue_tasks(redis_db, BULK_QUEUE)]
     assert [job_id for job_ids in bulk for job_id in job_ids] == [job["id"] for job in large.json()["jobs"]]
     batch = await api.get(f"/batches/{large.json()['batch_id']}")
     assert batch.json()["lane"] == "bulk"
@@ -37,7 +37,7 @@ async def test_a_client_may_send_a_small_submission_to_bulk_but_never_a_large_on
     refused = await api.post("/jobs", params={"priority": "interactive"}, files=images(*names(5)))
 
     assert to_bulk.status_code == 202 and to_bulk.json()["lane"] == "bulk"
-    [(job_ids, kwargs)] = queue_tasks(redis_db, QUEUE)
+    [(job_ids, kwargs)] = queue_tasks(redis_db, BULK_QUEUE)
     assert job_ids == [to_bulk.json()["jobs"][0]["id"]] and kwargs["chunk"]  # a chunk that releases the next
     problem = assert_problem(refused, 422, "too-large-for-interactive")
     assert "INTERACTIVE_MAX_IMAGES" in problem["detail"]
@@ -62,7 +62,7 @@ async def test_each_key_hands_the_broker_only_its_window_of_bulk_chunks(serve: S
     alices = await api.post("/jobs", files=images(*names(20)), headers=bearer(ALICE))  # 5 chunks of 4
     bobs = await api.post("/jobs", files=images(*names(8)), headers=bearer(BOB))  # 2 chunks
 
-    in_broker = [job_ids for job_ids, _ in queue_tasks(redis_db, QUEUE)]
+    in_broker = [job_ids for job_ids, _ in queue_tasks(redis_db, BULK_QUEUE)]
     alice_ids = [job["id"] for job in alices.json()["jobs"]]
     bob_ids = [job["id"] for job in bobs.json()["jobs"]]
     # Bob's chunks wait behind Alice's window, not behind her 20 images.

@@ -79,7 +79,7 @@ async def test_canceling_a_job_that_has_started_is_a_409_problem(api: httpx.Asyn
                                                                  store: JobStore):
     jobs = (await api.post("/jobs", files=images("running.png", "queued.png"))).json()["jobs"]
     running_id, queued_id = jobs[0]["id"], jobs[1]["id"]
-    store.start_many([running_id], deadline=time.time() + 60)  # as a worker takes it
+    store.claim([running_id], token="run-1", lease=60)  # as a worker takes it
 
     refused = await api.delete(f"/jobs/{running_id}")
     canceled = await api.delete(f"/jobs/{queued_id}")
@@ -93,7 +93,7 @@ async def test_canceling_a_job_that_has_started_is_a_409_problem(api: httpx.Asyn
 
 async def test_canceling_a_batch_cancels_only_its_queued_jobs(api: httpx.AsyncClient, store: JobStore):
     submitted = (await api.post("/jobs", files=images("a.png", "b.png", "c.png"))).json()
-    store.start_many([submitted["jobs"][0]["id"]], deadline=time.time() + 60)
+    store.claim([submitted["jobs"][0]["id"]], token="run-1", lease=60)
 
     answer = await api.delete(f"/batches/{submitted['batch_id']}")
 

@@ -69,7 +69,7 @@ async def test_a_batch_being_admitted_holds_its_places_in_the_queue(store: JobSt
     with pytest.raises(QueueFull) as full:
         store.open_batch(total=2, max_queue=6)
     assert full.value.queued == 5  # places reserved by a batch still being admitted count as taken
-    store.add_jobs(opened, [])
+    store.add_jobs(opened, [], stored_before=0)
     assert store.close_admission(opened.id) == 5  # nothing stored: an admission cut short keeps what it has
     assert store.get_batch(opened.id).total == 0 and store.get_batch(opened.id).interrupted == 5
     store.open_batch(total=2, max_queue=6)  # its places are free again
