@@ -14,14 +14,14 @@ Each drill, on a Redis database of its own (DRILLS_DB):
    unacknowledged task comes back after the broker's visibility timeout and runs again, and a duplicate would
    show then;
 4. counts jobs lost (not finished, or failed as `worker-lost`), jobs duplicated (more than one `succeeded` on their
-   channel; the store's `jobs_succeeded` counter is compared with the jobs that succeeded too) and the time from
-   the kill to the last job finished.
+   channel; the store's `jobs_succeeded` counter is compared with the jobs that succeeded too), the images the
+   model ran (the workers' `forward pass` lines: the work done, which the state machine cannot hide; at most the
+   jobs plus the killed process's chunk) and the time from the kill to the last job finished.
 
-The settings are short so that a drill takes seconds, not minutes: JOB_TIMEOUT=5, so the broker hands a taken and
-never acknowledged task out again 5 + 30 s after it was taken; SWEEP_INTERVAL=2, so the reconciler looks every 2 s
-for running jobs RUNNING_MARGIN (15 s) past their deadline whose worker has not been heard from for WORKER_TTL
-(30 s). The worker's heartbeat comes every WORKER_TTL / 3, so the reconciler can take a killed worker's jobs back
-20 to 30 s after the kill, before the broker does.
+The settings are short so that a drill takes seconds, not minutes: JOB_TIMEOUT=5, so the jobs the killed worker
+held are leased for 5 + 15 s from their claim, and the broker hands its taken and never acknowledged task out again
+5 + 30 s after it was taken. That is the one way back: the reconciler (SWEEP_INTERVAL=2) requeues a job whose
+lease is over only when no message on the broker names it, and the killed task's message is still there.
 """
 
 import argparse
@@ -47,13 +47,13 @@ from redis.client import PubSub
 
 from bench.compute import INSTRUCTION_SETS, cpu_model
 from bench.run import RADIOGRAPHS, _format, _machine
+from service.broker import messages_in_broker
 from service.fairshare import FairShare
 from service.jobstore import Job, JobStatus, JobStore
-from service.keys import RUNNING_REGISTRY, WORKER_TTL, WORKERS, job_channel
-from service.queue import job_ids_in_broker, visibility_timeout
-from service.reconciler import RUNNING_MARGIN
+from service.keys import RUNNING_REGISTRY, job_channel
+from service.queue import visibility_timeout
 from service.settings import Settings
-from tests.processes import ROOT, start_api, start_worker, stop, wait_until
+from tests.processes import ROOT, images_passed, start_api, start_worker, stop, wait_until
 
 DRILLS_DB = 9
 """The drills' Redis database (REDIS_URL's host): flushed before and after, so no other data may live there."""
@@ -83,8 +83,8 @@ attempt missed too kills anyway, and its row shows nothing running at the kill).
 POLL_INTERVAL = 0.01
 """Seconds between looks at the jobs while waiting for the moment of the kill (a 16-image chunk takes seconds)."""
 
-REQUEUED_LOG = re.compile(r"reconciled the queue: \d+ expired ids forgotten, (\d+) jobs of vanished workers "
-                          r"requeued, (\d+) jobs without a task dispatched again")
+REQUEUED_LOG = re.compile(r"reconciled the queue: \d+ expired ids forgotten, \d+ lost chunks put back, (\d+) jobs of "
+                          r"vanished workers requeued, (\d+) jobs without a task dispatched again")
 """The reconciler's warning after a sweep that did something (service/reconciler.py)."""
 
 
@@ -136,10 +136,12 @@ class DrillResult:
     requeued_by_reconciler: int
     """Running jobs the reconciler took back from the killed worker (read from the processes' logs)."""
     redispatched_by_reconciler: int
+    forward_passed: int
+    """Images the model ran during the drill, the killed process's included."""
     worker_start_seconds: float
-    earliest_requeue_seconds: float | None
-    """From the kill to the first moment the reconciler may take the killed worker's jobs back: RUNNING_MARGIN past
-    their deadline and WORKER_TTL past the worker's last heartbeat, whichever comes later."""
+    lease_over_seconds: float | None
+    """From the kill to the end of the lease of the jobs the killed worker held (on Redis' clock): from then on
+    another claim may take them."""
     recovery_seconds: float | None
     """From the kill to the last job finished; None if some never finished."""
     settled: bool
@@ -251,7 +253,7 @@ def _drill(rig: Rig, number: int, moment: Moment) -> DrillResult:
     os.killpg(rig.worker.pid, signal.SIGKILL)  # the worker runs in a session of its own (tests/processes.py)
     rig.worker.wait()
     at_kill = Counter(job.status for job in rig.store.get_jobs(job_ids))
-    earliest_requeue = _earliest_requeue(rig, job_ids, killed_at)
+    lease_over = _lease_over(rig, job_ids)
 
     started = time.monotonic()
     rig.worker_log = rig.logs / f"worker-{number:02d}.log"
@@ -274,6 +276,7 @@ def _drill(rig: Rig, number: int, moment: Moment) -> DrillResult:
     duplicated = [job for job in jobs if succeeded_events[job.id] > 1]
     finished_at = [_at(job.finished_at) for job in jobs if job.status.finished]
     requeued, redispatched = _reconciled(log_offsets)
+    passed = _forward_passed(log_offsets)
     rig.chunk_seconds = _chunk_seconds(jobs) or rig.chunk_seconds  # the next drill's guess: this one's chunks
     return DrillResult(
         drill=number, moment=moment.name, attempts=attempt, share_of_chunk=share,
@@ -285,8 +288,8 @@ def _drill(rig: Rig, number: int, moment: Moment) -> DrillResult:
         succeeded_events=sum(succeeded_events.values()),
         jobs_succeeded_metric=rig.store.metrics().get("jobs_succeeded", 0.0) - metric_before,
         redelivered=sum(job.deliveries > 1 for job in jobs), requeued_by_reconciler=requeued,
-        redispatched_by_reconciler=redispatched, worker_start_seconds=round(worker_start, 2),
-        earliest_requeue_seconds=None if earliest_requeue is None else round(earliest_requeue, 2),
+        redispatched_by_reconciler=redispatched, forward_passed=passed, worker_start_seconds=round(worker_start, 2),
+        lease_over_seconds=None if lease_over is None else round(lease_over, 2),
         recovery_seconds=round(max(finished_at) - killed_at, 2) if len(finished_at) == len(jobs) else None,
         settled=settled, quiet_seconds=round(quiet, 2),
         evidence=[{**_record(job), "succeeded_events": succeeded_events[job.id]} for job in [*lost, *duplicated]],
@@ -321,22 +324,20 @@ def _reached(store: JobStore, job_ids: list[str], moment: Moment) -> bool:
     return statuses[JobStatus.SUCCEEDED] >= moment.finished and statuses[JobStatus.RUNNING] > 0
 
 
-def _earliest_requeue(rig: Rig, job_ids: list[str], killed_at: float) -> float | None:
-    """Seconds from the kill until the reconciler may take back the jobs the killed worker held (None: it held
-    none), read from the running registry's deadlines and the worker registry's last heartbeats."""
+def _lease_over(rig: Rig, job_ids: list[str]) -> float | None:
+    """Seconds from now (the kill) until the lease of the jobs the killed worker held is over, on Redis' clock
+    (None: it held none)."""
     held = [job for job in rig.store.get_jobs(job_ids) if job.status is JobStatus.RUNNING]
     if not held:
         return None
-    deadline = max(rig.redis.zscore(RUNNING_REGISTRY, job.id) or 0.0 for job in held)
-    heard = max(rig.redis.zscore(WORKERS, job.worker) or 0.0 for job in held)
-    return max(deadline + RUNNING_MARGIN, heard + WORKER_TTL) - killed_at
+    return max(rig.redis.zscore(RUNNING_REGISTRY, job.id) or 0.0 for job in held) - rig.store.redis_now()
 
 
 def _settled(rig: Rig, job_ids: list[str]) -> bool:
     """Nothing of the drill left to run: no task on the broker naming its jobs (waiting, or taken and never
     acknowledged), no chunk pending or in flight in fair share, no job running."""
-    return (not job_ids_in_broker(rig.redis) & set(job_ids) and rig.fair_share.keys_waiting() == 0
-            and rig.store.running_count() == 0)
+    named = {job_id for message in messages_in_broker(rig.redis) for job_id in message.job_ids}
+    return not named & set(job_ids) and rig.fair_share.keys_waiting() == 0 and rig.store.running_count() == 0
 
 
 def _succeeded_events(events: PubSub, job_ids: list[str]) -> Counter[str]:
@@ -362,6 +363,16 @@ def _reconciled(log_offsets: dict[Path, int]) -> tuple[int, int]:
                 requeued += int(match[1])
                 redispatched += int(match[2])
     return requeued, redispatched
+
+
+def _forward_passed(log_offsets: dict[Path, int]) -> int:
+    """Images the workers ran through the model during the drill, from their logs."""
+    passed = 0
+    for path, offset in log_offsets.items():
+        with path.open("rb") as log:
+            log.seek(offset)
+            passed += images_passed(log.read().decode(errors="replace"))
+    return passed
 
 
 def _problem(job: Job) -> str | None:
@@ -394,13 +405,16 @@ def _instruction_set() -> str:
 
 def _totals(results: list[DrillResult]) -> dict:
     recoveries = [result.recovery_seconds for result in results if result.recovery_seconds is not None]
-    beyond = [result.recovery_seconds - result.earliest_requeue_seconds for result in results
-              if result.recovery_seconds is not None and result.earliest_requeue_seconds is not None]
+    beyond = [result.recovery_seconds - result.lease_over_seconds for result in results
+              if result.recovery_seconds is not None and result.lease_over_seconds is not None]
     return {
         "drills": len(results),
         "jobs": sum(result.succeeded + result.lost + sum(result.failed_other.values()) for result in results),
         "lost": sum(result.lost for result in results),
         "duplicated": sum(result.duplicated for result in results),
+        "forward_passed_beyond_jobs": sum(result.forward_passed - result.succeeded for result in results),
+        "forward_passed_beyond_jobs_max": max((result.forward_passed - result.succeeded for result in results),
+                                              default=None),
         "failed_other": sum(sum(result.failed_other.values()) for result in results),
         "metric_mismatches": sum(result.jobs_succeeded_metric != result.succeeded for result in results),
         "unsettled": sum(not result.settled for result in results),
@@ -408,14 +422,14 @@ def _totals(results: list[DrillResult]) -> dict:
         "recovery_seconds_min": min(recoveries, default=None),
         "recovery_seconds_median": statistics.median(recoveries) if recoveries else None,
         "recovery_seconds_max": max(recoveries, default=None),
-        "recovery_beyond_earliest_requeue_seconds_median": statistics.median(beyond) if beyond else None,
+        "recovery_beyond_lease_seconds_median": statistics.median(beyond) if beyond else None,
         "quiet_seconds_max": max((result.quiet_seconds for result in results), default=None),
     }
 
 
 HEADER = ("drill", "moment", "attempts", "kill: share of chunk", "running at kill", "lost", "duplicated",
-          "succeeded events", "jobs_succeeded +", "requeued by reconciler", "worker start s", "earliest requeue s",
-          "recovery s", "quiet s")
+          "succeeded events", "jobs_succeeded +", "forward passed", "requeued by reconciler", "worker start s",
+          "lease over s", "recovery s", "quiet s")
 
 
 def _row(result: DrillResult) -> str:
@@ -438,8 +452,9 @@ def _table(report: dict) -> str:
                      f"{drill['share_of_chunk']:.2f} ({drill['kill_delay_seconds']:.2f} s)",
                      str(drill["running_at_kill"]), str(drill["lost"]),
                      str(drill["duplicated"]), str(drill["succeeded_events"]), f"{drill['jobs_succeeded_metric']:g}",
-                     str(drill["requeued_by_reconciler"]), f"{drill['worker_start_seconds']:.1f}",
-                     _seconds(drill["earliest_requeue_seconds"]), recovery, _seconds(drill["quiet_seconds"])))
+                     str(drill["forward_passed"]), str(drill["requeued_by_reconciler"]),
+                     f"{drill['worker_start_seconds']:.1f}", _seconds(drill["lease_over_seconds"]), recovery,
+                     _seconds(drill["quiet_seconds"])))
     totals, machine = report["totals"], report["machine"]
     lines = _format(rows)
     lines.append("")
@@ -449,6 +464,8 @@ def _table(report: dict) -> str:
         ("jobs", str(totals["jobs"])),
         ("lost", str(totals["lost"])),
         ("duplicated", str(totals["duplicated"])),
+        ("images forward-passed beyond the jobs: in all / the most in a drill (at most 16: the killed chunk)",
+         f"{totals['forward_passed_beyond_jobs']} / {totals['forward_passed_beyond_jobs_max']}"),
         ("failed for another reason", str(totals["failed_other"])),
         ("drills whose jobs_succeeded increase differs from jobs succeeded", str(totals["metric_mismatches"])),
         ("drills not settled (broker or fair share still busy)", str(totals["unsettled"])),
@@ -456,8 +473,8 @@ def _table(report: dict) -> str:
         ("recovery, kill to last job finished: min / median / max",
          " / ".join("-" if totals[f"recovery_seconds_{k}"] is None else f"{totals[f'recovery_seconds_{k}']:.1f} s"
                     for k in ("min", "median", "max"))),
-        ("recovery beyond the earliest requeue (median): sweep turn + a chunk's time",
-         _seconds(totals["recovery_beyond_earliest_requeue_seconds_median"]) + " s"),
+        ("recovery beyond the end of the lease (median): the broker's redelivery + a chunk's time",
+         _seconds(totals["recovery_beyond_lease_seconds_median"]) + " s"),
         ("kill to quiet (broker and fair share empty), max", _seconds(totals["quiet_seconds_max"]) + " s"),
         ("calibrated chunk time (16 images)", f"{report['settings']['chunk_seconds_calibrated']:.2f} s"),
         ("CPU", f"{machine['cpu_model']}, {machine['cores']} cores, {machine['instruction_set']}"),

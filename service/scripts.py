@@ -49,8 +49,9 @@ TRANSITION = _MARK_CALLBACK_DUE + """
 -- Moves one job to a new status, if the state machine allows it from the status it is in and the job's lease allows
 -- this mover. A running job is leased: its entry in the running registry is scored by the end of its lease, and its
 -- `token` names the claim that holds it. Only the holder moves it, or anyone once the lease is over (its worker is
--- gone: the hard time limit stops a live one before), or whoever knows the process that ran it is dead. A repeat of a move already made (the same target and token:
--- a retry whose answer was lost) answers as the first did and changes nothing.
+-- gone: the hard time limit stops a live one before), or whoever knows the process that ran it is dead. A repeat
+-- of a move already made (the same target and token: a retry whose answer was lost) answers as the first did and
+-- changes nothing.
 -- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
 -- KEYS[4] running registry  KEYS[5] metrics hash     KEYS[6] the job's batch hash (it may have expired)
 -- KEYS[7] interactive lane's queued registry          KEYS[8] callbacks' due registry

@@ -1,5 +1,6 @@
 """Starting the service's processes on this machine and waiting until they are ready: for tests and `bench/`."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -67,6 +68,27 @@ def wait_for_api(process: subprocess.Popen, url: str, log_path: Path) -> None:
     wait_until(answers, timeout=STARTUP_TIMEOUT, what="the API to answer")
     if process.poll() is not None:
         raise RuntimeError(f"the API exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+
+
+FORWARD_PASS = re.compile(r"forward pass of (\d+) images")
+TASK_RECEIVED = re.compile(r"Task pneuradnet\.classify\[[^\]]+\] received")
+
+
+def forward_passes(*logs: Path) -> int:
+    """Images the model processes logging to these files ran through a forward pass (worker/processing.py logs
+    each pass): the work done, which no state machine can hide."""
+    return sum(images_passed(log.read_text()) for log in logs)
+
+
+def images_passed(log_text: str) -> int:
+    """Images the forward passes logged in this text ran."""
+    return sum(int(count) for count in FORWARD_PASS.findall(log_text))
+
+
+def task_runs(*logs: Path) -> int:
+    """Classify tasks the workers logging to these files took from the broker (a task handed out twice counts
+    twice)."""
+    return sum(len(TASK_RECEIVED.findall(log.read_text())) for log in logs)
 
 
 def stop(process: subprocess.Popen) -> None:

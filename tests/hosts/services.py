@@ -106,6 +106,10 @@ class Processes:
             os.killpg(process.pid, signal.SIGKILL)  # pool processes the parent left behind
         process.wait()
 
+    def worker_logs(self) -> list[Path]:
+        """The log of every worker started so far."""
+        return sorted(self._logs.glob("worker-*.log"))
+
     def stop_all(self) -> None:
         for process in self._started:
             self.stop(process, grace=10)

@@ -25,7 +25,7 @@ from service.queue import (
 from service.settings import Settings
 from tests.hosts.network import Namespace
 from tests.hosts.services import Processes, RedisServer, service_env
-from tests.processes import wait_until
+from tests.processes import forward_passes, wait_until
 
 pytestmark = [pytest.mark.hosts, pytest.mark.model]
 
@@ -135,6 +135,10 @@ def test_a_worker_cut_off_mid_bulk_loses_nothing_duplicates_nothing_and_works_ag
         # The cut-off worker's own task, handed back once it heard Redis again, ran nothing a second time.
         assert all(job.deliveries == 2 for job in store.get_jobs([job.id for job in held]))
         assert store.running_count() == 0
+        # The work done: at most the chunk the cut-off worker held was classified twice (it may have run its
+        # forward pass before the cut, and could not store the results).
+        passes = forward_passes(*processes.worker_logs())
+        assert BULK_IMAGES + NEW_IMAGES <= passes <= BULK_IMAGES + NEW_IMAGES + MAX_BATCH, passes
     finally:
         other_host.heal()  # a worker that hears Redis again stops at once when the fixture stops it
         events.close()

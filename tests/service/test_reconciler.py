@@ -6,11 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
+from kombu.exceptions import OperationalError
 from redis import Redis
 
 from service import reconciler as reconciler_module
 from service.broker import messages_in_broker
+from service.dispatch import enqueue_bulk
 from service.fairshare import Chunk, FairShare
+from service.faults import BROKER_SEND_FAILS, FAULT_FILE_ENV
 from service.jobstore import JobStatus, JobStore, Lane, Upload
 from service.keys import RUNNING_REGISTRY, fair_pending_key
 from service.queue import BULK_QUEUE, make_celery, send_classify_task
@@ -175,3 +178,24 @@ def test_an_admission_cut_short_keeps_its_jobs_and_frees_its_places(redis: Redis
     assert (kept.total, kept.interrupted, kept.counts[JobStatus.QUEUED]) == (16, 4, 16)
     assert redis.hlen("pneuradnet:admissions") == 0
     store.open_batch(total=4, max_queue=20)  # the four places it held are free again
+
+
+def test_a_key_whose_send_failed_holds_nothing_in_flight_and_moves_at_the_next_sweep(
+        redis: Redis, parts, tmp_path, monkeypatch: pytest.MonkeyPatch):
+    store, _, reconciler = parts
+    fair_share = FairShare(URL, ttl=600)
+    faults = tmp_path / "faults"
+    faults.write_text(BROKER_SEND_FAILS)
+    monkeypatch.setenv(FAULT_FILE_ENV, str(faults))
+    jobs = submit(store, 48, owner="team-a")
+
+    with pytest.raises(OperationalError):  # the broker refuses the first send
+        enqueue_bulk([job.id for job in jobs], owner="team-a", fair_share=fair_share, window=2, max_batch=16,
+                     app=make_celery(Settings(redis_url=URL)))
+
+    assert fair_share.in_flight(["team-a"]) == []  # was: both marked in flight with no task, the key frozen 600 s
+    faults.write_text("")
+    reconciler.sweep()
+    assert [len(message.job_ids) for message in messages_in_broker(redis)] == [16, 16]
+    assert redis.llen(fair_pending_key("team-a")) == 1
+    fair_share.close()

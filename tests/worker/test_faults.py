@@ -21,7 +21,7 @@ from service.jobstore import Job, JobStatus, JobStore, Upload
 from service.queue import make_celery, send_classify_task
 from service.settings import Settings
 from tests.live_service import start_api, start_worker
-from tests.processes import free_port, stop, wait_until
+from tests.processes import forward_passes, free_port, stop, task_runs, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -85,6 +85,9 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         assert events.count((f"pneuradnet:job:{job.id}:events", "succeeded")) == 1
     assert all(job.deliveries == 2 for job in faults_store.get_jobs([job.id for job in jobs]))
     assert faults_store.running_count() == 0
+    # The work done: the killed process may have run its forward pass; the chunk ran once more, not twice.
+    assert forward_passes(tmp_path / "first.log") <= 16
+    assert forward_passes(tmp_path / "second.log") == 16 and task_runs(tmp_path / "second.log") == 1
 
 
 def test_a_job_that_kills_its_worker_every_time_fails_after_max_deliveries(
