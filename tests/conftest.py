@@ -1,9 +1,13 @@
-"""Fixtures shared by every test package: the real radiographs and the real default model."""
+"""Fixtures shared by every test package: the real radiographs, the real default model, a real object store."""
 
 import importlib.metadata
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.objectstore import SeaweedFS
 
 MODEL_PACKAGE = "pneumonia-model-package"
 """The installed package that ships the default model and 16 real validation radiographs."""
@@ -28,3 +32,20 @@ def default_classifier():
     from pneuradnet.classifier import Classifier
 
     return Classifier.load("default")
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3-compatible store (SeaweedFS) for the whole session; this process reaches it with the standard AWS
+    variables, as the service's processes do (pass `object_store.env` to those)."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    saved = {name: os.environ.get(name) for name in server.env}
+    os.environ.update(server.env)
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
