@@ -51,12 +51,14 @@ class SeaweedFS:
         identities.write_text(json.dumps({"identities": [{
             "name": "pneuradnet", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = {name: free_port() for name in ("master", "volume", "filer", "iceberg")}
-        command = [weed(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                   f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-filer",
-                   f"-filer.port={ports['filer']}", "-s3", f"-s3.port={self.s3_port}", f"-s3.config={identities}",
-                   f"-s3.port.iceberg={ports['iceberg']}", "-s3.port.lance=0", "-volume.max=0",
-                   "-master.volumeSizeLimitMB=256"]
+        # Every port given: by default each gRPC port is its HTTP port + 10000, past 65535 for a high free port.
+        ports = {name: free_port() for name in ("master", "master.port.grpc", "volume", "volume.port.grpc", "filer",
+                                                "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg")}
+        command = [weed(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
+                   f"-master.port={ports.pop('master')}", f"-volume.port={ports.pop('volume')}",
+                   f"-filer.port={ports.pop('filer')}", f"-s3.port={self.s3_port}",
+                   *(f"-{flag}={port}" for flag, port in ports.items()), f"-s3.config={identities}",
+                   "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=256"]
         with (self.folder / "weed.log").open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                              env={**os.environ, "HOME": str(self.folder)})
