@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis as AsyncRedis
 
 from api.dispatch import Dispatcher
+from service.images import JobImages
 from service.jobstore import JobStore
 from service.settings import Settings
 from service.workers import WorkerRegistry
@@ -17,6 +18,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+def get_images(request: Request) -> JobImages:
+    return request.app.state.images
 
 
 def get_workers(request: Request) -> WorkerRegistry:
@@ -33,6 +38,7 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+ImagesDep = Annotated[JobImages, Depends(get_images)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

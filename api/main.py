@@ -19,6 +19,7 @@ from api.sweeper import sweep_periodically
 from service.connections import connect_async
 from service.deliveries import first_attempt_sender
 from service.fairshare import FairShare
+from service.images import images_for
 from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
 from service.metrics import StoreCollector
@@ -36,8 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Tasks go to the broker of these settings, which may not be the environment's.
         celery = make_celery(settings)
-        app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl,
+        app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl, budget_bytes=settings.redis_budget_bytes,
                                    on_callback_due=first_attempt_sender(celery))
+        app.state.images = images_for(settings, app.state.store)
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
         app.state.fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
@@ -48,9 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dispatcher = Dispatcher(
             batcher=batcher, fair_share=app.state.fair_share, workers=app.state.workers, celery=celery,
             max_batch=settings.max_batch)
-        reconciler = Reconciler(url=settings.redis_url, store=app.state.store, workers=app.state.workers,
-                                fair_share=app.state.fair_share, celery=celery, max_batch=settings.max_batch,
-                                sweep_interval=settings.sweep_interval)
+        reconciler = Reconciler(url=settings.redis_url, store=app.state.store, images=app.state.images,
+                                workers=app.state.workers, fair_share=app.state.fair_share, celery=celery,
+                                max_batch=settings.max_batch, sweep_interval=settings.sweep_interval)
         sweeper = asyncio.create_task(sweep_periodically(reconciler, interval=settings.sweep_interval))
         batcher.start()
         yield
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.async_redis.aclose()
         app.state.fair_share.close()
         app.state.workers.close()
+        app.state.images.close()
         app.state.store.close()
 
     app = FastAPI(

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -17,6 +18,9 @@ from service.problems import PROBLEM_MEDIA_TYPE, problem
 
 REDIS_RETRY_AFTER = 5
 """Seconds a client is asked to wait when the job store does not answer."""
+
+STORE_FULL_RETRY_AFTER = 30
+"""Seconds a client is asked to wait when Redis is full: jobs must finish first."""
 
 
 class ProblemError(Exception):
@@ -83,6 +87,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         # Starlette still logs the exception; the client gets a problem, not a bare "Internal Server Error".
         return problem_response(500, "internal-error", "the service failed to answer this request; it has been "
                                 "logged, and retrying may help")
+
+    @app.exception_handler(OutOfMemoryError)
+    async def _store_full(_: Request, __: Exception) -> JSONResponse:
+        return problem_response(429, "store-full", "Redis is full (its maxmemory): nothing of this request was kept; "
+                                "retry when the queue has drained", {"Retry-After": str(STORE_FULL_RETRY_AFTER)})
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

@@ -8,12 +8,15 @@ from itertools import islice
 from typing import TypeVar
 
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import OutOfMemoryError
 from starlette.concurrency import run_in_threadpool
 
 from api.dispatch import Dispatcher
 from api.problems import ProblemError
 from api.uploads import UploadPlan
 from service.faults import fault_point
+from service.images import JobImages
+from service.imagestore import ObjectStoreUnavailable
 from service.jobstore import (
     AdmissionClosed,
     Batch,
@@ -24,6 +27,8 @@ from service.jobstore import (
     JobStore,
     Lane,
     QueueFull,
+    StoreFull,
+    Upload,
 )
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
@@ -58,14 +63,16 @@ def choose_lane(image_count: int, *, priority: Lane | None, interactive_max: int
     return Lane.BULK
 
 
-async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan, *, owner: str, max_queue: int,
-                       lane: Lane, chunk_size: int, idempotency: str | None = None,
+async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatcher, plan: UploadPlan, *, owner: str,
+                       max_queue: int, lane: Lane, chunk_size: int, idempotency: str | None = None,
                        explain: bool = False, callback: Callback | None = None) -> tuple[Batch, list[Job]]:
     """Admit a request's images as a batch, a chunk at a time: each chunk is stored, then enqueued, while the next
     is read, so the first chunk runs while the rest is still being admitted.
 
-    Every job is stored before it is enqueued, so a worker never takes a job the store does not know. The batch's
-    places in the queue are reserved when it opens, so concurrent submissions never push the queue past MAX_QUEUE.
+    Every job is stored before it is enqueued, so a worker never takes a job the store does not know; its image is
+    written first (to Redis, or to the object store). The batch's places in the queue and the bytes it will take in
+    Redis are reserved when it opens, so concurrent submissions never push the queue past MAX_QUEUE, nor Redis past
+    its byte budget.
     An admission that fails part-way is withdrawn: its jobs not started are canceled and its Idempotency-Key freed,
     so that the client's retry submits the whole upload anew.
     """
@@ -73,7 +80,8 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan
     try:
         batch, created = await run_in_threadpool(partial(
             store.open_batch, total=len(plan.images), owner=owner, idempotency=idempotency, fingerprint=fingerprint,
-            explain=explain, lane=lane, max_queue=max_queue, callback=callback))
+            explain=explain, lane=lane, max_queue=max_queue, callback=callback,
+            image_bytes=sum(image.size for image in plan.images) if images.in_redis else 0))
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
     except IdempotencyInProgress as in_progress:
@@ -84,14 +92,16 @@ async def submit_batch(store: JobStore, dispatcher: Dispatcher, plan: UploadPlan
         raise ProblemError(429, "queue-full", f"the queue holds {full.queued} jobs and takes at most {full.limit} "
                            "(MAX_QUEUE); nothing of this request was queued: retry later",
                            headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from full
+    except StoreFull as full:
+        raise _store_full(f"{full}; this request needs more") from full
     if not created:
         return batch, await run_in_threadpool(lambda: store.get_jobs(store.batch_job_ids(batch.id)))
     jobs: list[Job] = []
     enqueued = 0
     try:
-        images = plan.read()
-        while chunk := await run_in_threadpool(lambda: list(islice(images, chunk_size))):
-            stored = await run_in_threadpool(partial(store.add_jobs, batch, chunk, stored_before=len(jobs)))
+        uploads = plan.read()
+        while chunk := await run_in_threadpool(lambda: list(islice(uploads, chunk_size))):
+            stored = await run_in_threadpool(_store_chunk, store, images, batch, chunk, len(jobs))
             jobs += stored
             fault_point("api-dies-after-store")  # stored and not enqueued: the reconciler's case
             try:
@@ -127,12 +137,35 @@ def _admission_failed(error: BaseException, batch: Batch, *, enqueued: int) -> B
         log.error("the admission of batch %s was closed before it ended: %s", batch.id, error)
         return ProblemError(503, "admission-interrupted", f"{error}; {earlier}: send the request again",
                             headers={"Retry-After": str(QUEUE_RETRY_AFTER)})
+    if isinstance(error, ObjectStoreUnavailable):
+        return ProblemError(503, "image-store-unavailable", f"the images could not be written to the object store "
+                            f"({error}), so {earlier}: retry later", headers={"Retry-After": str(QUEUE_RETRY_AFTER)})
+    if isinstance(error, OutOfMemoryError):
+        return _store_full(f"Redis is full (its maxmemory), so {earlier}")
     if isinstance(error, QueueRefused):
         log.error("enqueueing batch %s failed, its jobs are withdrawn: %s", batch.id, error.__cause__)
         return ProblemError(503, "queue-unavailable", f"the job queue did not take the jobs "
                             f"({type(error.__cause__).__name__}), so {earlier}: retry later",
                             headers={"Retry-After": str(QUEUE_RETRY_AFTER)})
     return error
+
+
+def _store_chunk(store: JobStore, images: JobImages, batch: Batch, chunk: list[Upload],
+                 stored_before: int) -> list[Job]:
+    """Write a chunk's images where they wait, then store its jobs; blocking. If the jobs are refused (the admission
+    was closed), the images written for them are due for deletion at once."""
+    kept = images.keep(batch.id, stored_before, chunk)
+    try:
+        return store.add_jobs(batch, kept, stored_before=stored_before)
+    except AdmissionClosed:
+        store.owned_images_now_due([upload.location for upload in kept if upload.owned])
+        raise
+
+
+def _store_full(why: str) -> ProblemError:
+    return ProblemError(429, "store-full", f"{why}: nothing of this request was kept; retry when the queue has "
+                        "drained (or send images by reference, which take no room in Redis)",
+                        headers={"Retry-After": str(BUSY_RETRY_AFTER)})
 
 
 class QueueRefused(Exception):

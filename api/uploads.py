@@ -56,6 +56,8 @@ class PlannedImage:
     """What identifies its content for an Idempotency-Key: an archive member's size and CRC-32 (from the central
     directory, so nothing is decompressed to compare), a loose file's SHA-256."""
     read: Callable[[], Upload]
+    size: int
+    """Its bytes (as its archive's directory declares them): what it takes in Redis if kept there."""
 
 
 @dataclass
@@ -109,7 +111,7 @@ def plan_uploads(files: list[UploadFile], *, max_bytes: int, max_unzipped_bytes:
                 unzipped += sum(info.file_size for info in members)
                 _check_members(members, archive=name, unzipped=unzipped, max_unzipped_bytes=max_unzipped_bytes)
                 plan.images += [PlannedImage(_clean_name(info.filename), _member_digest(info),
-                                             _member_reader(archive, info, name)) for info in members]
+                                             _member_reader(archive, info, name), info.file_size) for info in members]
             else:
                 plan.images.append(_loose(file.file, name))
             if len(plan.images) > max_files:
@@ -125,14 +127,16 @@ def plan_uploads(files: list[UploadFile], *, max_bytes: int, max_unzipped_bytes:
 def _loose(spooled: IO[bytes], name: str) -> PlannedImage:
     spooled.seek(0)
     digest = hashlib.sha256()
+    size = 0
     while block := spooled.read(1 << 20):
         digest.update(block)
+        size += len(block)
 
     def read() -> Upload:
         spooled.seek(0)
         return Upload(filename=name, data=spooled.read())
 
-    return PlannedImage(name, digest.digest(), read)
+    return PlannedImage(name, digest.digest(), read, size)
 
 
 def _open_archive(spooled: IO[bytes], name: str, *, room: int, max_files: int) -> zipfile.ZipFile:

@@ -3,7 +3,8 @@
 The one module of the library that speaks HTTP. It knows the service only by its HTTP API (it imports nothing
 of api/, service/ or worker/), so it runs wherever httpx does.
 
-Retries: an answer 429 (queue full) or 503 (job store down) is retried after its `Retry-After`, and a
+Retries: an answer 429 (queue full), 503 (job store down) or 409 idempotency-in-progress (the same submission is
+still being admitted) is retried after its `Retry-After`, and a
 connection failure after a growing pause, at most `max_attempts` times and `max_retry_wait` seconds of
 pauses per request; a pause that would not fit in what is left of that budget is not started, so the last
 answer's error is raised at once. A POST whose request may have reached the service (the connection broke
@@ -15,7 +16,7 @@ connection that fails (a restart, a dropped link) is retried as above.
 
 import io
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -46,6 +47,9 @@ MAX_RETRY_WAIT = 300.0
 
 FIRST_BACKOFF = 1.0
 """Pause before the first retry when there is no Retry-After (a connection failure); doubled each time."""
+
+IN_PROGRESS = "idempotency-in-progress"
+"""The 409 a repeat gets while its first request is still being admitted: retried after its Retry-After."""
 
 RETRIED_STATUSES = frozenset({429, 503})
 """Answers that mean "not now": the queue is full, or the job store does not answer."""
@@ -150,6 +154,19 @@ class Client:
                              resendable=idempotency_key is not None).json()
         return Submission(batch_id=body["batch_id"], jobs=body["jobs"])
 
+    def submit_references(self, *, images: Sequence[str] | None = None, prefix: str | None = None,
+                          idempotency_key: str | None = None, explain: bool = False) -> Submission:
+        """Submit images already in a bucket the service may read (its IMAGE_SOURCES), as one batch, without
+        uploading them: `images`, s3://bucket/key locations, or `prefix`, every object under an s3:// folder."""
+        if (images is None) == (prefix is None):
+            raise ValueError("give either images or prefix")
+        body: dict[str, Any] = {"images": list(images)} if images is not None else {"prefix": prefix}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        params = {"explain": "true"} if explain else {}
+        answer = self._request("POST", "/jobs", json=body, headers=headers, params=params,
+                               resendable=idempotency_key is not None).json()
+        return Submission(batch_id=answer["batch_id"], jobs=answer["jobs"])
+
     def get(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
         """The job's record; with `wait` (at most LONG_POLL seconds), as soon as it finishes within that time."""
         params = {"wait": f"{wait:g}"} if wait else {}
@@ -225,7 +242,7 @@ class Client:
                 if response.is_success:
                     return response
                 failure = _service_error(response)
-                if response.status_code not in RETRIED_STATUSES:
+                if response.status_code not in RETRIED_STATUSES and failure.kind != IN_PROGRESS:
                     raise failure
                 pause = failure.retry_after if failure.retry_after is not None else FIRST_BACKOFF * 2 ** (attempt - 1)
             if attempt == self.max_attempts or waited + pause > self.max_retry_wait:

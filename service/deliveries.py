@@ -27,6 +27,7 @@ from celery import Celery
 from service.connections import connect
 from service.keys import WEBHOOKS_DUE, batch_key
 from service.queue import send_delivery_task
+from service.scripts import ALLOW_OOM
 from service.webhooks import CallbackState, Verdict
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ RESEND_AFTER = 10.0
 """Seconds a due delivery may go past its moment before the reconciler sends another task: a task starts within
 milliseconds unless every worker is busy with a batch, and a task sent twice runs once."""
 
-_CLAIM = """
+# A callback's delivery goes on even when Redis is full (its state is a few small fields).
+_CLAIM = ALLOW_OOM + """
 -- Claims the next attempt of a batch's callback delivery.
 -- KEYS[1] batch hash   KEYS[2] due registry
 -- ARGV[1] batch id     ARGV[2] attempts made, as the task's sender saw them   ARGV[3] lease (seconds)
@@ -59,7 +61,7 @@ redis.call('ZADD', KEYS[2], lease_until, ARGV[1])
 return {'claimed', attempt}
 """
 
-_RECORD = """
+_RECORD = ALLOW_OOM + """
 -- Records how an attempt ended, unless a later attempt overtook it (its lease ran out and another claimed).
 -- KEYS[1] batch hash   KEYS[2] due registry
 -- ARGV[1] batch id     ARGV[2] the attempt's number   ARGV[3] verdict: 'delivered', 'retry' or 'give-up'

@@ -24,7 +24,7 @@ from redis import Redis
 
 from service.connections import connect
 from service.keys import FAIR_OWNERS, fair_chunks_key, fair_in_flight_key, fair_pending_key, fair_released_key
-from service.scripts import NOW
+from service.scripts import ALLOW_OOM, NOW
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ book(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[4])
 return released
 """
 
-_FINISH = _RELEASE + _BOOK + """
+# A chunk's finish and a put-back run even when Redis is full: they keep the queue moving, which drains it.
+_FINISH = ALLOW_OOM + _RELEASE + _BOOK + """
 -- A chunk has finished: its place goes to the key's next chunk.
 -- KEYS[1] the key's pending list   KEYS[2] its in-flight set   KEYS[3] its in-flight chunks (id -> JSON)
 -- KEYS[4] the set of keys with work   KEYS[5] what this chunk's finish released
@@ -125,7 +126,7 @@ book(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[5])
 return released
 """
 
-_PUT_BACK = _BOOK + """
+_PUT_BACK = ALLOW_OOM + _BOOK + """
 -- Puts chunks released and never sent back at the head of their key's pending list, in their order, so that the key
 -- releases them again; a chunk no longer in flight (it finished, or was put back already) is left alone.
 -- KEYS[1] the key's pending list   KEYS[2] its in-flight set   KEYS[3] its in-flight chunks (id -> JSON)

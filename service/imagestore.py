@@ -66,6 +66,17 @@ class ObjectLocation:
         return self.bucket == prefix.bucket and self.key.startswith(prefix.key)
 
 
+def parse_sources(text: str) -> tuple[ObjectLocation, ...]:
+    """IMAGE_SOURCES: comma-separated `s3://bucket/` or `s3://bucket/prefix/` locations; ValueError if one is not.
+    A prefix is taken as a folder: `s3://archive/2026` allows `s3://archive/2026/...`, not `s3://archive/2026-old`."""
+    sources = []
+    for entry in (part.strip() for part in text.split(",")):
+        if entry:
+            location = ObjectLocation.parse(entry)
+            sources.append(ObjectLocation(location.bucket, location.key.rstrip("/") + "/" if location.key else ""))
+    return tuple(sources)
+
+
 class ObjectStoreUnavailable(Exception):
     """The object store did not answer, or refused the service's credentials: nothing is wrong with the object."""
 

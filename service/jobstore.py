@@ -19,8 +19,10 @@ from redis.client import Pipeline
 from service import scripts
 from service.connections import connect
 from service.keys import (
+    ADMISSION_BYTES,
     ADMISSIONS,
     BULK_QUEUED_REGISTRY,
+    IMAGES_OWNED,
     INTERACTIVE_QUEUED_REGISTRY,
     METRICS,
     RUNNING_REGISTRY,
@@ -62,6 +64,20 @@ class QueueFull(Exception):
         super().__init__(f"the queue holds {queued} jobs and takes at most {limit}")
         self.queued = queued
         self.limit = limit
+
+
+class StoreFull(Exception):
+    """Admitting a batch would take Redis past its byte budget; nothing of it was stored."""
+
+    def __init__(self, used: int, budget: int) -> None:
+        super().__init__(f"Redis holds {used:,} bytes (reserved included) of its budget of {budget:,}")
+        self.used = used
+        self.budget = budget
+
+
+JOB_RECORD_BYTES = 2048
+"""What a waiting job costs Redis besides its image, counted against the byte budget: its record, its entries in
+the registries and its batch's list, with room to spare (measured: BENCHMARKS.md, "Object store")."""
 
 
 class Lane(StrEnum):
@@ -124,6 +140,11 @@ class Job:
     """Who made the job's last move: the claim that holds it while it runs (service/scripts.py, TRANSITION)."""
     queue_wait: float | None = None
     """Seconds from submission to the job's last claim by a worker, on Redis' clock."""
+    image: str = ""
+    """Where the image waits: '' in Redis (image_key), or the s3:// location of an object."""
+    image_owned: bool = False
+    """The service wrote the object, and deletes it when the job finishes; an image submitted by reference is never
+    deleted."""
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Job":
@@ -144,6 +165,8 @@ class Job:
             lane=Lane(fields.get("lane", Lane.BULK)),
             token=fields.get("token", ""),
             queue_wait=float(fields["queue_wait"]) if fields.get("queue_wait") else None,
+            image=fields.get("image", ""),
+            image_owned=fields.get("image_owned") == "1",
         )
 
 
@@ -176,17 +199,25 @@ class Batch:
 class Upload:
     filename: str
     data: bytes
+    """The image's bytes, to keep in Redis until the job finishes; empty when `location` holds them."""
     error: dict[str, Any] | None = None
     """Why this image cannot be classified, known at upload (e.g. an unreadable ZIP member): its job is stored
     failed with this problem, and never queued."""
+    location: str = ""
+    """The s3:// object that holds the image, if not Redis: written there by the service (`owned`), or named by
+    the client (a submission by reference)."""
+    owned: bool = False
 
 
 class JobStore:
     """Synchronous access to jobs and batches in the Redis at `url`."""
 
-    def __init__(self, url: str, *, ttl: int, on_callback_due: Callable[[str], None] | None = None) -> None:
-        """`on_callback_due(batch_id)` is called after a transition of this store finished a batch with a callback
-        (service/deliveries.py): it sends the delivery task. Without it, the reconciler sends it."""
+    def __init__(self, url: str, *, ttl: int, budget_bytes: int = 0,
+                 on_callback_due: Callable[[str], None] | None = None) -> None:
+        """`budget_bytes`: REDIS_BUDGET_BYTES, the most Redis may hold before admission refuses (0: 90% of Redis'
+        maxmemory, if it has one). `on_callback_due(batch_id)` is called after a transition of this store finished
+        a batch with a callback (service/deliveries.py): it sends the delivery task. Without it, the reconciler
+        sends it."""
         self._redis = connect(url)
         self._on_callback_due = on_callback_due
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
@@ -194,6 +225,7 @@ class JobStore:
         # Counters must not be sent twice (add_to_metrics); everything else the store writes is safe to repeat.
         self._once = connect(url, retries=0)
         self.ttl = ttl
+        self._budget_bytes = budget_bytes
         self._transition = self._redis.register_script(scripts.TRANSITION)
         self._open_batch = self._redis.register_script(scripts.OPEN_BATCH)
         self._add_jobs = self._redis.register_script(scripts.ADD_JOBS)
@@ -212,7 +244,7 @@ class JobStore:
         fingerprint = _fingerprint(uploads, explain=explain) if idempotency is not None else ""
         batch, created = self.open_batch(total=len(uploads), owner=owner, idempotency=idempotency,
                                          fingerprint=fingerprint, explain=explain, lane=lane, max_queue=max_queue,
-                                         callback=callback)
+                                         callback=callback, image_bytes=sum(map(_bytes_in_redis, uploads)))
         if not created:
             return batch, self.get_jobs(self.batch_job_ids(batch.id)), False
         jobs = self.add_jobs(batch, uploads, stored_before=0)
@@ -221,16 +253,18 @@ class JobStore:
 
     def open_batch(self, *, total: int, owner: str = "", idempotency: str | None = None, fingerprint: str = "",
                    explain: bool = False, lane: Lane = Lane.BULK, max_queue: int | None = None,
-                   callback: Callback | None = None) -> tuple[Batch, bool]:
+                   callback: Callback | None = None, image_bytes: int = 0) -> tuple[Batch, bool]:
         """Open a batch of `total` jobs, to be stored with add_jobs as their images are read, and reserve their
-        places in the queue; (the batch, True).
+        places in the queue and their bytes in Redis (`image_bytes`: the images it will keep there); (the batch,
+        True).
 
         With an idempotency key, a repeat (the same `fingerprint`) answers the batch first opened and False, once
         that batch is admitted whole; while it is still being admitted, IdempotencyInProgress. Another fingerprint
         under a used key raises IdempotencyConflict. A batch that would put more than `max_queue` jobs in the
-        queue, counting places reserved by batches still being admitted, raises QueueFull, and nothing is stored.
-        With a `callback`, the batch's summary is POSTed to it once every job has finished (service/deliveries.py);
-        a repeat with another callback is another submission.
+        queue, counting places reserved by batches still being admitted, raises QueueFull, and one that would take
+        Redis past its byte budget StoreFull: nothing is stored then. With a `callback`, the batch's summary is
+        POSTed to it once every job has finished (service/deliveries.py); a repeat with another callback is another
+        submission.
         """
         if callback is not None and fingerprint:
             fingerprint = hashlib.sha256(f"{fingerprint} {callback.url}".encode()).hexdigest()
@@ -241,15 +275,18 @@ class JobStore:
         answer = self._open_batch(
             keys=[batch_key(batch.id),
                   idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
-                  QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS],
+                  QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS, ADMISSION_BYTES],
             args=[-1 if max_queue is None else max_queue, self.ttl, created_at, owner, "1" if explain else "0",
                   lane.value, batch.id, total, fingerprint if idempotency is not None else "",
-                  *(("", "", "") if callback is None else (callback.url, *callback.links(batch.id)))])
+                  *(("", "", "") if callback is None else (callback.url, *callback.links(batch.id))),
+                  image_bytes + JOB_RECORD_BYTES * total, self._budget_bytes])
         if answer[0] == "repeat":
             assert idempotency is not None
             return self._repeat(json.loads(answer[1]), fingerprint, idempotency), False
         if answer[0] == "full":
             raise QueueFull(int(answer[1]), max_queue or 0)
+        if answer[0] == "store-full":
+            raise StoreFull(int(answer[1]), int(answer[2]))
         return batch, True
 
     def add_jobs(self, batch: Batch, uploads: Sequence[Upload], *, stored_before: int) -> list[Job]:
@@ -262,14 +299,17 @@ class JobStore:
         # The images go in as plain SETs ahead of the script, in the same round trip: handed to the script, each
         # would be copied into Lua and back out, which doubled Redis' time to store a 109 MB archive (0.4 s).
         for job, upload in zip(jobs, uploads, strict=True):
-            if upload.error is None:
+            if _bytes_in_redis(upload):
                 pipe.set(image_key(job.id), upload.data, ex=self.ttl)
         self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
-                  WEBHOOKS_DUE, *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
+                  WEBHOOKS_DUE, ADMISSION_BYTES,
+                  *(key for job in jobs for key in (job_key(job.id), image_key(job.id)))],
             args=[self.ttl, now_iso(), batch_channel(batch.id), batch.id, stored_before,
+                  sum(map(_bytes_in_redis, uploads)) + JOB_RECORD_BYTES * len(uploads),
                   *(item for job, upload in zip(jobs, uploads, strict=True)
-                    for item in (job.id, job.filename, json.dumps(upload.error) if upload.error is not None else ""))],
+                    for item in (job.id, job.filename, json.dumps(upload.error) if upload.error is not None else "",
+                                 upload.location, "1" if upload.owned else "0"))],
             client=pipe)
         *_, answer = pipe.execute()
         if answer == "gone":
@@ -286,7 +326,7 @@ class JobStore:
         afterwards. The number of jobs never admitted."""
         remembered = cast(str | None, self._redis.hget(batch_key(batch_id), "idempotency_key"))  # a decoding client
         return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS, WEBHOOKS_DUE,
-                                               remembered or batch_key(batch_id)],
+                                               remembered or batch_key(batch_id), ADMISSION_BYTES],
                                          args=[batch_id, now_iso()]))
 
     def stalled_admissions(self, *, idle_for: float) -> list[str]:
@@ -442,6 +482,27 @@ class JobStore:
             pipe.zrangebyscore(registry, "-inf", moment)
         return self.get_jobs([job_id for ids in pipe.execute() for job_id in ids])
 
+    def note_owned_images(self, locations: Sequence[str]) -> None:
+        """Note images the service is about to write to the object store, due for deletion JOB_TTL from now (their
+        jobs' transitions make them due at once when the jobs finish; service/images.py)."""
+        if locations:
+            deletable_at = self.redis_now() + self.ttl
+            self._redis.zadd(IMAGES_OWNED, dict.fromkeys(locations, deletable_at), nx=True)
+
+    def owned_images_due(self, *, limit: int) -> list[str]:
+        """Up to `limit` images the service wrote whose jobs finished, or expired: to be deleted."""
+        return cast(list[str], self._redis.zrangebyscore(IMAGES_OWNED, "-inf", self.redis_now(), start=0, num=limit))
+
+    def owned_images_now_due(self, locations: Sequence[str]) -> None:
+        """Make images the service wrote due for deletion at once (their jobs were never stored)."""
+        if locations:
+            self._redis.zadd(IMAGES_OWNED, dict.fromkeys(locations, self.redis_now()), xx=True)
+
+    def forget_owned_images(self, locations: Sequence[str]) -> None:
+        """The images are deleted: forget them."""
+        if locations:
+            self._redis.zrem(IMAGES_OWNED, *locations)
+
     def redis_now(self) -> float:
         """Redis' clock, in unix seconds: the one clock every host of the fleet compares times on."""
         seconds, micros = self._redis.time()
@@ -519,7 +580,7 @@ class JobStore:
         pairs = [item for pair in (fields or {}).items() for item in pair]
         self._transition(
             keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRIES[Lane.BULK], RUNNING_REGISTRY, METRICS,
-                  batch_key(batch_id), QUEUED_REGISTRIES[Lane.INTERACTIVE], WEBHOOKS_DUE],
+                  batch_key(batch_id), QUEUED_REGISTRIES[Lane.INTERACTIVE], WEBHOOKS_DUE, IMAGES_OWNED],
             args=[job_id, allowed, target.value, token, holder, dead_process, lease, job_channel(job_id),
                   batch_channel(batch_id), *pairs],
             client=pipe,
@@ -546,7 +607,13 @@ def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:
 def _job_of(batch: Batch, upload: Upload) -> Job:
     return Job(id=str(uuid.uuid4()), batch_id=batch.id, filename=upload.filename, created_at=batch.created_at,
                owner=batch.owner, explain=batch.explain, lane=batch.lane,
-               status=JobStatus.QUEUED if upload.error is None else JobStatus.FAILED, error=upload.error)
+               status=JobStatus.QUEUED if upload.error is None else JobStatus.FAILED, error=upload.error,
+               image=upload.location, image_owned=upload.owned)
+
+
+def _bytes_in_redis(upload: Upload) -> int:
+    """What an upload's image takes in Redis: its bytes, unless it is unreadable or kept in an object store."""
+    return len(upload.data) if upload.error is None and not upload.location else 0
 
 
 def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

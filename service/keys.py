@@ -4,7 +4,8 @@ them).
 
 Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL after submission):
 - `job:{id}`            hash: the job record (service.jobstore.Job)
-- `job:{id}:image`      string: the uploaded bytes, deleted as soon as the job finishes
+- `job:{id}:image`      string: the uploaded bytes, deleted as soon as the job finishes (IMAGE_STORE=redis; in an
+                        object store, the job's `image` field names where they are)
 - `job:{id}:heatmap`    string: the Grad-CAM heatmap over the image as PNG, for a job submitted with explain;
                         stored before the job succeeds, expiring with the job record
 - `job:{id}:events`     pub/sub channel: the new status on every transition (long-polls listen here)
@@ -33,6 +34,11 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
 - `fair:owners`         set: the keys with bulk chunks pending or in flight
 - `webhooks:due`        sorted set: ids of batches whose callback is due and not yet delivered or given up, scored by
                         when something must next happen to it (service/deliveries.py)
+- `images:owned`        sorted set: the s3:// location of each image the service wrote to the object store, scored
+                        by when it may be deleted, on Redis' clock: JOB_TTL after it was written, or at once when
+                        its job finishes (service/imagestore.py; the worker and the reconciler delete them)
+- `admissions:bytes`    hash: batch id -> bytes of Redis still reserved for the batch's jobs not yet stored (the
+                        byte budget: service/scripts.py, OPEN_BATCH)
 - `fair:released:{request}`  string: JSON {"run", "released"}: what a fair-share step released (a chunk's finish,
                         named by the chunk; an admission, by its own id), so that its repeat answers the same and a
                         second run of the chunk's task releases nothing
@@ -52,6 +58,8 @@ FAIR_OWNERS = f"{PREFIX}:fair:owners"
 SWEEP_LOCK = f"{PREFIX}:sweep"
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 ADMISSIONS = f"{PREFIX}:admissions"
+ADMISSION_BYTES = f"{PREFIX}:admissions:bytes"
+IMAGES_OWNED = f"{PREFIX}:images:owned"
 
 WORKER_TTL = 30
 """Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""

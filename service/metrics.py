@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from service.fairshare import FairShare
 from service.jobstore import JobStatus, JobStore
@@ -35,8 +34,8 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
 
 
 def observe(store: JobStore, name: str, values: list[float]) -> None:
-    """Add observations to a histogram in one round trip. If Redis does not answer, they are dropped and logged:
-    a measurement never costs a job its result."""
+    """Add observations to a histogram in one round trip. If Redis does not take them (it does not answer, or it
+    is full), they are dropped and logged: a measurement never costs a job its result."""
     if not values:
         return
     _, buckets = HISTOGRAMS[name]
@@ -49,8 +48,8 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
                 increments[f"{name}:le:{bound:g}"] += 1
     try:
         store.add_to_metrics(increments)
-    except (RedisConnectionError, RedisTimeoutError) as error:
-        log.warning("%d observations of %s are lost: Redis does not answer (%s)", len(values), name, error)
+    except RedisError as error:
+        log.warning("%d observations of %s are lost: Redis did not take them (%s)", len(values), name, error)
 
 
 class StoreCollector(Collector):

@@ -22,7 +22,9 @@ run) sweeps:
    chunks in fair share, is dispatched again.
 6. **Keys stalled.** A key with chunks pending and room in its window (its chunks in flight were lost, or their
    sends failed) releases them.
-7. **Callbacks.** A batch's callback due for RESEND_AFTER with nothing done about it (its task was lost, its
+7. **Images done with.** The images the service wrote to the object store whose jobs finished or expired, and that
+   their worker did not delete (it died, or the store did not answer), are deleted (service/images.py).
+8. **Callbacks.** A batch's callback due for RESEND_AFTER with nothing done about it (its task was lost, its
    worker died mid-request, or its retry is too far off to wait on the broker) gets a delivery task
    (service/deliveries.py); of the tasks sent for one attempt, one makes it.
 
@@ -41,6 +43,8 @@ from service.connections import connect
 from service.deliveries import Deliveries
 from service.dispatch import enqueue_bulk, send_bulk_chunks
 from service.fairshare import FairShare, window_for
+from service.images import JobImages
+from service.imagestore import ObjectStoreUnavailable
 from service.jobstore import Job, JobStore, Lane
 from service.queue import send_classify_task, send_delivery_task
 from service.workers import WorkerRegistry
@@ -68,15 +72,18 @@ class Sweep:
     """Running jobs whose lease was over and that no message named, dispatched again."""
     redispatched: int = 0
     """Queued jobs that had no task, dispatched again."""
+    images_deleted: int = 0
+    """Images the service wrote to the object store, deleted because their jobs finished or expired."""
     callbacks: int = 0
     """Callback delivery tasks sent for deliveries overdue."""
 
 
 class Reconciler:
-    def __init__(self, *, url: str, store: JobStore, workers: WorkerRegistry, fair_share: FairShare,
-                 celery: Celery, max_batch: int, sweep_interval: float) -> None:
+    def __init__(self, *, url: str, store: JobStore, images: JobImages, workers: WorkerRegistry,
+                 fair_share: FairShare, celery: Celery, max_batch: int, sweep_interval: float) -> None:
         self._broker = connect(url)
         self._store = store
+        self._images = images
         self._workers = workers
         self._fair_share = fair_share
         self._celery = celery
@@ -95,8 +102,9 @@ class Reconciler:
         done = self.sweep()
         if done != Sweep():
             log.warning("reconciled the queue: %d expired ids forgotten, %d lost chunks put back, %d jobs of vanished "
-                        "workers requeued, %d jobs without a task dispatched again, %d callbacks sent again",
-                        done.expired, done.chunks_put_back, done.requeued, done.redispatched, done.callbacks)
+                        "workers requeued, %d jobs without a task dispatched again, %d images deleted, %d callbacks "
+                        "sent again", done.expired, done.chunks_put_back, done.requeued, done.redispatched,
+                        done.images_deleted, done.callbacks)
         return done
 
     def sweep(self) -> Sweep:
@@ -125,11 +133,19 @@ class Reconciler:
         self._dispatch([*abandoned, *stranded])
         self._release_stalled(owners)
 
+        images_deleted = self._discard_images()
         overdue = self._deliveries.overdue()
         for batch_id, attempts in overdue.items():
             send_delivery_task(batch_id, attempts, app=self._celery)
         return Sweep(expired=expired, chunks_put_back=put_back, requeued=len(abandoned), redispatched=len(stranded),
-                     callbacks=len(overdue))
+                     images_deleted=images_deleted, callbacks=len(overdue))
+
+    def _discard_images(self) -> int:
+        try:
+            return self._images.discard_due()
+        except ObjectStoreUnavailable as error:  # the next sweep tries again: the images stay due until deleted
+            log.warning("images due for deletion were not deleted: %s", error)
+            return 0
 
     def _dispatch(self, jobs: Sequence[Job]) -> None:
         """Enqueue the jobs as their lanes do: interactive ones at once, bulk ones through their owner's fair share."""

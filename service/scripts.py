@@ -4,6 +4,9 @@ KEYS[i] and ARGV[i], and every key a script touches comes in KEYS, none is built
 Two rules hold for all of them:
 - **Time is Redis' own** (`TIME`): leases, queue scores and admission progress are compared by processes on other
   hosts, whose clocks may disagree by seconds or minutes.
+- **What drains the queue runs when Redis is full.** A transition finishes a job and deletes its image, a closed
+  admission frees its reservations: both are flagged `allow-oom`, so that a Redis at its maxmemory can always
+  drain (the flag needs Redis 7). Admission is refused there, as it should be.
 - **A write sent twice does what it did once.** redis-py sends a command again after a connection error
   (service/connections.py), and the first may have been carried out with only its answer lost. Each write names
   itself (a transition its mover's token, an admission chunk its place in the batch, a new batch its id) and a
@@ -14,6 +17,9 @@ one job's or batch's keys, so no hash tag such as `{batch_id}` could put them in
 per-slot registries. A single Redis (with replicas or Sentinel) holds far more than this service's load: the
 budget is a few commands per image.
 """
+
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+"""Runs even when Redis is at its maxmemory (the scripts that drain the queue)."""
 
 NOW = """
 -- now(): Redis' clock, in seconds.
@@ -45,7 +51,7 @@ end
 """
 
 
-TRANSITION = _MARK_CALLBACK_DUE + """
+TRANSITION = ALLOW_OOM + _MARK_CALLBACK_DUE + """
 -- Moves one job to a new status, if the state machine allows it from the status it is in and the job's lease allows
 -- this mover. A running job is leased: its entry in the running registry is scored by the end of its lease, and its
 -- `token` names the claim that holds it. Only the holder moves it, or anyone once the lease is over (its worker is
@@ -55,6 +61,7 @@ TRANSITION = _MARK_CALLBACK_DUE + """
 -- KEYS[1] job hash          KEYS[2] job image        KEYS[3] bulk lane's queued registry
 -- KEYS[4] running registry  KEYS[5] metrics hash     KEYS[6] the job's batch hash (it may have expired)
 -- KEYS[7] interactive lane's queued registry          KEYS[8] callbacks' due registry
+-- KEYS[9] the images the service wrote to the object store (location -> when it may be deleted)
 -- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
 -- ARGV[3] target status     ARGV[4] the mover's token: a claim's own (it becomes the holder), a request's own id
 -- ARGV[5] the holder's token, when the holder makes the move: only a job it holds moves ('': not the holder)
@@ -101,6 +108,8 @@ elseif target == 'queued' then
   redis.call('ZADD', queued, at, ARGV[1])
 else
   redis.call('DEL', KEYS[2])
+  local image = redis.call('HMGET', KEYS[1], 'image', 'image_owned')
+  if image[2] == '1' then redis.call('ZADD', KEYS[9], 'XX', at, image[1]) end
   if batch_exists then redis.call('PUBLISH', ARGV[9], target) end
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
@@ -117,13 +126,15 @@ OPEN_BATCH = NOW + """
 -- never passes MAX_QUEUE whatever else is admitted meanwhile; or answers the batch an idempotent repeat names.
 -- KEYS[1] batch hash   KEYS[2] idempotency key (unused without one)   KEYS[3] bulk lane's queued registry
 -- KEYS[4] interactive lane's queued registry   KEYS[5] admissions hash (batch id -> places still reserved)
+-- KEYS[6] admissions' bytes (batch id -> bytes of Redis still reserved)
 -- ARGV[1] MAX_QUEUE (-1: no limit)   ARGV[2] TTL   ARGV[3] created_at   ARGV[4] owner   ARGV[5] explain ('1', '0')
 -- ARGV[6] lane   ARGV[7] batch id   ARGV[8] its number of jobs   ARGV[9] the idempotency fingerprint ('' without
 -- a key)   ARGV[10] callback URL ('' without one)   ARGV[11] the batch's URL   ARGV[12] its CSV's URL
+-- ARGV[13] the bytes the batch will store in Redis   ARGV[14] the byte budget (0: 90% of Redis' maxmemory, if any)
 -- The idempotency key holds JSON {batch_id, fingerprint, state}: state `admitting` until the batch's admission
 -- closes with every job stored, then `admitted` (CLOSE_ADMISSION).
--- Returns {'created'} (also to a repeat of this very call), {'repeat', what the idempotency key holds} or
--- {'full', jobs queued or reserved now}.
+-- Returns {'created'} (also to a repeat of this very call), {'repeat', what the idempotency key holds},
+-- {'full', jobs queued or reserved now} or {'store-full', bytes used or reserved now, the budget}.
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'created'} end
 if ARGV[9] ~= '' then
   local earlier = redis.call('GET', KEYS[2])
@@ -133,6 +144,15 @@ local total = tonumber(ARGV[8])
 local taken = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
 for _, places in ipairs(redis.call('HVALS', KEYS[5])) do taken = taken + tonumber(places) end
 if tonumber(ARGV[1]) >= 0 and taken + total > tonumber(ARGV[1]) then return {'full', tostring(taken)} end
+local memory = redis.call('INFO', 'memory')
+local budget = tonumber(ARGV[14])
+if budget == 0 then budget = math.floor(0.9 * tonumber(string.match(memory, 'maxmemory:(%d+)'))) end
+local bytes = tonumber(ARGV[13])
+if budget > 0 then
+  local used = tonumber(string.match(memory, 'used_memory:(%d+)'))
+  for _, reserved in ipairs(redis.call('HVALS', KEYS[6])) do used = used + tonumber(reserved) end
+  if used + bytes > budget then return {'store-full', tostring(used), tostring(budget)} end
+end
 redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'total', total, 'owner', ARGV[4], 'lane', ARGV[6],
            'explain', ARGV[5], 'queued', total, 'admitted', 0, 'admitting_at', now())
 if ARGV[10] ~= '' then
@@ -146,6 +166,7 @@ if ARGV[9] ~= '' then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if total > 0 then redis.call('HSET', KEYS[5], ARGV[7], total) end
+if bytes > 0 then redis.call('HSET', KEYS[6], ARGV[7], bytes) end
 return {'created'}
 """
 
@@ -154,32 +175,36 @@ ADD_JOBS = _MARK_CALLBACK_DUE + """
 -- is stored failed, with its problem, and never queued. The images of the jobs to queue were stored just before,
 -- apart. The jobs name their place in the batch (ARGV[5]): a repeat of this call stores nothing again.
 -- KEYS[1] batch hash   KEYS[2] batch's job list   KEYS[3] the lane's queued registry   KEYS[4] metrics hash
--- KEYS[5] admissions hash   KEYS[6] callbacks' due registry   KEYS[7..] per job: its hash, its image
+-- KEYS[5] admissions hash   KEYS[6] callbacks' due registry   KEYS[7] admissions' bytes
+-- KEYS[8..] per job: its hash, its image (in Redis)
 -- ARGV[1] TTL   ARGV[2] now (ISO 8601)   ARGV[3] batch channel   ARGV[4] batch id
--- ARGV[5] how many of the batch's jobs were stored before these
--- ARGV[6..] per job: id, filename, problem (JSON; '' for a job to queue)
+-- ARGV[5] how many of the batch's jobs were stored before these   ARGV[6] the bytes these take in Redis
+-- ARGV[7..] per job: id, filename, problem (JSON; '' for a job to queue), where its image is ('' in Redis; an
+-- s3:// location), whether the service wrote it there ('1', '0')
 -- Returns 'added', 'repeat' (these very jobs are stored already), or, removing the images: 'gone' (the batch has
 -- expired), 'closed' (its admission was closed: the reconciler took its API for dead), 'out-of-order' (another
 -- writer's jobs stand at that place).
-local count = (#ARGV - 5) / 3
+local count = (#ARGV - 6) / 5
 local function drop_images()
-  for i = 0, count - 1 do redis.call('DEL', KEYS[8 + 2 * i]) end
+  for i = 0, count - 1 do redis.call('DEL', KEYS[9 + 2 * i]) end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then drop_images() return 'gone' end
 local batch = redis.call('HMGET', KEYS[1], 'created_at', 'owner', 'explain', 'lane', 'admitted', 'admitting_at')
 local admitted, offset = tonumber(batch[5]), tonumber(ARGV[5])
-if admitted == offset + count and count > 0 and redis.call('HGET', KEYS[7], 'batch_id') == ARGV[4] then
+if admitted == offset + count and count > 0 and redis.call('HGET', KEYS[8], 'batch_id') == ARGV[4] then
   return 'repeat'
 end
 if not batch[6] then drop_images() return 'closed' end
 if admitted ~= offset then drop_images() return 'out-of-order' end
 local at = now()
 for i = 0, count - 1 do
-  local id, filename, problem = ARGV[6 + 3 * i], ARGV[7 + 3 * i], ARGV[8 + 3 * i]
-  local record = KEYS[7 + 2 * i]
+  local id, filename, problem, image, owned = ARGV[7 + 5 * i], ARGV[8 + 5 * i], ARGV[9 + 5 * i], ARGV[10 + 5 * i],
+                                              ARGV[11 + 5 * i]
+  local record = KEYS[8 + 2 * i]
   redis.call('RPUSH', KEYS[2], id)
   redis.call('HSET', record, 'id', id, 'batch_id', ARGV[4], 'filename', filename, 'created_at', batch[1],
              'deliveries', '0', 'owner', batch[2], 'explain', batch[3], 'lane', batch[4], 'submitted', at)
+  if image ~= '' then redis.call('HSET', record, 'image', image, 'image_owned', owned) end
   if problem == '' then
     redis.call('HSET', record, 'status', 'queued')
     redis.call('ZADD', KEYS[3], at, id)
@@ -196,21 +221,26 @@ if count > 0 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 redis.call('HINCRBY', KEYS[1], 'admitted', count)
 redis.call('HSET', KEYS[1], 'admitting_at', at)
 if redis.call('HINCRBY', KEYS[5], ARGV[4], 0 - count) <= 0 then redis.call('HDEL', KEYS[5], ARGV[4]) end
+local bytes = 0 - tonumber(ARGV[6])  -- 0 - x: never -0, which HINCRBY refuses
+if redis.call('HEXISTS', KEYS[7], ARGV[4]) == 1 and redis.call('HINCRBY', KEYS[7], ARGV[4], bytes) <= 0 then
+  redis.call('HDEL', KEYS[7], ARGV[4])
+end
 redis.call('HINCRBY', KEYS[4], 'jobs_submitted', count)
 mark_callback_due(KEYS[1], KEYS[6], ARGV[4], ARGV[2])  -- every job of the batch may have been stored failed
 return 'added'
 """
 
-CLOSE_ADMISSION = _MARK_CALLBACK_DUE + """
+CLOSE_ADMISSION = ALLOW_OOM + _MARK_CALLBACK_DUE + """
 -- Ends a batch's admission: its remaining reserved places are freed, and no job is added to it afterwards. A batch
 -- whose admission was cut short (its API died, or gave up) keeps the jobs it has: its total becomes what was
 -- admitted, so it can finish, and it says so; its idempotency key is freed, so that the client's retry is admitted
 -- anew rather than answered with part of its upload. A batch admitted whole marks its idempotency key so.
 -- KEYS[1] batch hash   KEYS[2] admissions hash   KEYS[3] callbacks' due registry
--- KEYS[4] the batch's idempotency key (the batch hash again when it has none)
+-- KEYS[4] the batch's idempotency key (the batch hash again when it has none)   KEYS[5] admissions' bytes
 -- ARGV[1] batch id   ARGV[2] now (ISO 8601)
 -- Returns the number of jobs that were never admitted.
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 local missing = total - tonumber(redis.call('HGET', KEYS[1], 'admitted') or 0)

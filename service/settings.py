@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pneuradnet.images import MAX_ASPECT_RATIO, MIN_SIDE, ShapeLimits
 from pneuradnet.manifest import MODEL_CACHE_DIR
+from service.imagestore import ObjectLocation, parse_sources
 from service.webhooks import HostPattern, parse_host_patterns
 
 MIN_WEBHOOK_SECRET = 16
@@ -67,6 +68,20 @@ class Settings(BaseSettings):
     always does. 0: only POST /predict."""
     max_queue: int = Field(default=10_000, gt=0)
     """Most jobs waiting in the queue; beyond it POST /jobs answers 429 and enqueues nothing."""
+    redis_budget_bytes: int = Field(default=0, ge=0)
+    """Most bytes Redis may hold before a submission is refused (429 store-full); 0: 90% of Redis' own maxmemory,
+    read at each admission, or no byte budget when Redis has none."""
+
+    image_store: str = "redis"
+    """Where uploaded images wait for their jobs: `redis`, or `s3://bucket/prefix` in an S3-compatible store
+    reached with the standard AWS variables (service/imagestore.py)."""
+    image_sources: str = ""
+    """Comma-separated `s3://bucket/prefix/` locations a submission by reference may name; empty: none."""
+    max_references: int = Field(default=100_000, gt=0)
+    """Most objects one submission by reference may name, listed or found under a prefix."""
+    aws_endpoint_url: str | None = None
+    """The S3-compatible endpoint (AWS_ENDPOINT_URL, the AWS SDKs' own variable): read here only to allow plain
+    HTTP when it is an http:// address; the client resolves it and the other AWS variables itself."""
     explain_enabled: bool = True
     """Off: POST /jobs?explain=true is refused (422) and workers never load TensorFlow for Grad-CAM."""
     api_keys: str = Field(default="", repr=False)
@@ -93,6 +108,20 @@ class Settings(BaseSettings):
             raise ValueError("MODEL_MANIFEST must name a manifest")
         return value
 
+    @field_validator("image_store")
+    @classmethod
+    def _image_store_known(cls, value: str) -> str:
+        if value == "redis":
+            return value
+        location = ObjectLocation.parse(value)  # a ValueError stops the service at start, with the value named
+        return str(ObjectLocation(location.bucket, location.key.rstrip("/")))
+
+    @field_validator("image_sources")
+    @classmethod
+    def _image_sources_valid(cls, value: str) -> str:
+        parse_sources(value)
+        return value
+
     @field_validator("webhook_allowed_hosts")
     @classmethod
     def _host_patterns_valid(cls, value: str) -> str:
@@ -111,6 +140,15 @@ class Settings(BaseSettings):
     @property
     def webhook_host_patterns(self) -> tuple[HostPattern, ...]:
         return parse_host_patterns(self.webhook_allowed_hosts)
+
+    @property
+    def image_bucket(self) -> ObjectLocation | None:
+        """The folder of the bucket uploaded images go to; None: they stay in Redis."""
+        return None if self.image_store == "redis" else ObjectLocation.parse(self.image_store)
+
+    @property
+    def image_source_list(self) -> tuple[ObjectLocation, ...]:
+        return parse_sources(self.image_sources)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -12,9 +12,10 @@ from redis import Redis
 from service.connections import connect
 from service.jobstore import now_iso
 from service.keys import WORKER_TTL, WORKERS, worker_key
-from service.scripts import NOW
+from service.scripts import ALLOW_OOM, NOW
 
-_ANNOUNCE = NOW + """
+# A worker announces itself even when Redis is full: it is what drains it.
+_ANNOUNCE = ALLOW_OOM + NOW + """
 -- Says (again) that a model process is alive and what it serves; forgets the ones not heard of within the TTL.
 -- KEYS[1] the process's hash   KEYS[2] the index of live processes
 -- ARGV[1] its name   ARGV[2] the TTL (seconds)   ARGV[3..] field, value pairs of its announcement

@@ -19,6 +19,8 @@ from pneuradnet.classifier import Classifier, PreparedImage
 from pneuradnet.errors import InvalidImageError, PneuradnetError
 from pneuradnet.explain import GradCam, overlay_png
 from pneuradnet.results import Prediction
+from service.images import JobImages
+from service.imagestore import ObjectUnreadable
 from service.jobstore import Job, JobStore
 from service.logs import job_event
 from service.metrics import observe
@@ -60,25 +62,30 @@ class LazyExplainer:
         return self._explainer
 
 
-def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classifier, token: str, lease: float,
-                 max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
+def process_jobs(job_ids: Sequence[str], *, store: JobStore, images: JobImages, classifier: Classifier, token: str,
+                 lease: float, max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
     """Claim the jobs for the run `token` (a lease of `lease` seconds), classify them in one forward pass, and store
     each outcome. Only what this run holds is stored; once the forward pass is done, its results are stored however
-    long Redis takes to answer again (within the task's time limit), so that a short outage costs no work twice."""
+    long Redis takes to answer again (within the task's time limit), so that a short outage costs no work twice.
+    The images the service wrote for the jobs this run finished are deleted then."""
     received = time.perf_counter()
     claimed = store.claim(job_ids, token=token, lease=lease, worker=worker)
+    finished: list[Job] = []
     stored: list[tuple[Job, bytes]] = []
-    for job, data in zip(claimed, store.images([job.id for job in claimed]), strict=True):
+    for job, data in zip(claimed, images.read(claimed), strict=True):
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
-            _fail(store, job, token, problem("worker-lost", "Worker lost", 500,
-                                             f"the worker processing this image stopped {job.deliveries - 1} times; "
-                                             "the image was not classified"))
+            failure = problem("worker-lost", "Worker lost", 500, f"the worker processing this image stopped "
+                              f"{job.deliveries - 1} times; the image was not classified")
         elif data is None:
-            _fail(store, job, token, problem("image-missing", "Image missing", 500, "the uploaded image is no "
-                                             "longer stored (it expired before a worker took it)"))
+            failure = problem("image-missing", "Image missing", 500, "the uploaded image is no longer stored (it "
+                              "expired before a worker took it)")
+        elif isinstance(data, ObjectUnreadable):
+            failure = problem("image-unreadable", "Image unreadable", 422, str(data))
         else:
             stored.append((job, data))
+            continue
+        finished += _fail(store, job, token, failure)
     observe(store, "queue_wait_seconds", [job.queue_wait for job in claimed if job.queue_wait is not None])
     # Explained jobs keep their decoded image, for the heatmap to be drawn over.
     decoded = classifier.prepare_each([(job.filename, data) for job, data in stored],
@@ -88,9 +95,16 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
         if isinstance(outcome, PreparedImage):
             prepared.append((job, outcome))
         else:
-            _fail_to_decode(store, job, token, outcome)
-    if not prepared:
-        return
+            finished += _fail_to_decode(store, job, token, outcome)
+    if prepared:
+        finished += _classify(prepared, store=store, classifier=classifier, token=token, explainer=explainer,
+                              received=received)
+    _discard(images, finished)
+
+
+def _classify(prepared: list[tuple[Job, PreparedImage]], *, store: JobStore, classifier: Classifier, token: str,
+              explainer: Explainer | None, received: float) -> list[Job]:
+    """One forward pass for the prepared images, and its outcomes stored: the jobs this run finished."""
     started = time.perf_counter()
     observe(store, "preparation_seconds", [started - received])
     try:
@@ -101,9 +115,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
         log.exception("inference failed for %d jobs", len(prepared))
         failure = problem("inference-failed", "Inference failed", 500,
                           f"the model could not classify this image ({type(error).__name__})")
-        for job, _ in prepared:
-            _patiently(partial(_fail, store, job, token, failure))
-        return
+        return [done for job, _ in prepared for done in _patiently(partial(_fail, store, job, token, failure))]
     log.info("forward pass of %d images", len(prepared),
              extra={"event": "forward-pass", "job_ids": [job.id for job, _ in prepared]})
     observe(store, "inference_seconds", [time.perf_counter() - started])
@@ -111,36 +123,46 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, classifier: Classif
     outcomes = list(zip(prepared, predictions, strict=True))
     # Jobs without explain first, in one round trip: their results do not wait for the heatmaps of the others.
     plain = [(job, prediction.to_dict()) for (job, _), prediction in outcomes if not job.explain]
-    _patiently(partial(_succeed, store, plain, token))
+    finished = _patiently(partial(_succeed, store, plain, token))
     for (job, image), prediction in outcomes:
         if job.explain:
             explained = [(job, prediction.to_dict() | _explain(store, job, image, prediction, explainer))]
-            _patiently(partial(_succeed, store, explained, token))
+            finished += _patiently(partial(_succeed, store, explained, token))
+    return finished
+
+
+def _discard(images: JobImages, finished: list[Job]) -> None:
+    try:
+        images.discard(finished)
+    except Exception as error:  # the reconciler deletes what is due and still there
+        log.warning("the images of %d finished jobs were not deleted (%s): the reconciler will", len(finished),
+                    error)
 
 
 STORE_RETRY_WAIT = 0.5
 """Seconds between tries at storing a forward pass's outcomes while Redis does not answer."""
 
 
-def _patiently(store_outcomes: Callable[[], None]) -> None:
+def _patiently(store_outcomes: Callable[[], list[Job]]) -> list[Job]:
     """Store what a forward pass found, trying again until Redis answers: the work is done and must not be lost to a
     restart or a partition. The task's time limit ends the wait (its jobs are then failed, or left to the lease)."""
     while True:
         try:
-            store_outcomes()
-            return
+            return store_outcomes()
         except (RedisConnectionError, RedisTimeoutError) as error:
             log.warning("storing results failed, trying again in %g s: %s", STORE_RETRY_WAIT, error)
             time.sleep(STORE_RETRY_WAIT)
 
 
-def _succeed(store: JobStore, results: list[tuple[Job, dict]], token: str) -> None:
+def _succeed(store: JobStore, results: list[tuple[Job, dict]], token: str) -> list[Job]:
+    """Store the results; the jobs that succeeded by it (those this run still held)."""
     if not results:
-        return
+        return []
     succeeded = set(store.succeed_many({job.id: result for job, result in results}, holder=token))
     for job, _ in results:
         if job.id in succeeded:
             job_event(log, "succeeded", job.id, batch_id=job.batch_id, status="succeeded")
+    return [job for job, _ in results if job.id in succeeded]
 
 
 def fail_held(job_ids: Sequence[str], *, store: JobStore, token: str, error: dict) -> None:
@@ -150,14 +172,13 @@ def fail_held(job_ids: Sequence[str], *, store: JobStore, token: str, error: dic
             _fail(store, job, token, error)
 
 
-def _fail_to_decode(store: JobStore, job: Job, token: str, error: Exception) -> None:
+def _fail_to_decode(store: JobStore, job: Job, token: str, error: Exception) -> list[Job]:
     if isinstance(error, InvalidImageError):
-        _fail(store, job, token, problem("invalid-image", "Invalid image", 422, str(error)))
-        return
+        return _fail(store, job, token, problem("invalid-image", "Invalid image", 422, str(error)))
     # A worker never dies from an image: an unexpected decoder error fails this job only.
     log.error("job %s: unexpected error while decoding", job.id, exc_info=error)
-    _fail(store, job, token, problem("invalid-image", "Invalid image", 422,
-                                     f"the image could not be decoded ({type(error).__name__})"))
+    return _fail(store, job, token, problem("invalid-image", "Invalid image", 422,
+                                            f"the image could not be decoded ({type(error).__name__})"))
 
 
 def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Prediction,
@@ -184,6 +205,9 @@ def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Predic
     return {"heatmap": True, "timings_ms": timings}
 
 
-def _fail(store: JobStore, job: Job, token: str, error: dict) -> None:
-    if store.fail(job.id, error, holder=token):
-        job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
+def _fail(store: JobStore, job: Job, token: str, error: dict) -> list[Job]:
+    """Fail the job if this run holds it: [the job] if it failed by it, else []."""
+    if not store.fail(job.id, error, holder=token):
+        return []
+    job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
+    return [job]

@@ -38,6 +38,8 @@ from pneuradnet.manifest import sha256_of
 from service.deliveries import first_attempt_sender
 from service.dispatch import send_bulk_chunks
 from service.fairshare import FairShare, window_for
+from service.images import JobImages, images_for
+from service.imagestore import ObjectStoreUnavailable
 from service.jobstore import JobStore, new_token, now_iso
 from service.keys import WORKER_TTL
 from service.logs import configure_logging
@@ -60,6 +62,7 @@ class ProcessResources:
     name: str
     """`host:pid`, this process's key in the worker registry and the `worker` of the jobs it runs."""
     store: JobStore
+    images: JobImages
     registry: WorkerRegistry
     fair_share: FairShare
     reconciler: Reconciler
@@ -72,11 +75,14 @@ class ProcessResources:
 
 def load_resources(settings: Settings) -> ProcessResources:
     """Load the model, warm it up, and announce this process in the worker registry."""
-    store = JobStore(settings.redis_url, ttl=settings.job_ttl, on_callback_due=first_attempt_sender(celery_app))
+    store = JobStore(settings.redis_url, ttl=settings.job_ttl, budget_bytes=settings.redis_budget_bytes,
+                     on_callback_due=first_attempt_sender(celery_app))
+    images = images_for(settings, store)
     registry = WorkerRegistry(settings.redis_url)
     fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
-    reconciler = Reconciler(url=settings.redis_url, store=store, workers=registry, fair_share=fair_share,
-                            celery=celery_app, max_batch=settings.max_batch, sweep_interval=settings.sweep_interval)
+    reconciler = Reconciler(url=settings.redis_url, store=store, images=images, workers=registry,
+                            fair_share=fair_share, celery=celery_app, max_batch=settings.max_batch,
+                            sweep_interval=settings.sweep_interval)
     classifier = Classifier.load(
         settings.model_manifest,
         model_path=settings.model_path,
@@ -97,7 +103,8 @@ def load_resources(settings: Settings) -> ProcessResources:
         "sha256": sha256_of(classifier.model_file), "runtime": classifier.runtime.name,
         "threads": str(settings.inference_threads), "loaded_at": now_iso(),
     }
-    resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store, registry=registry,
+    resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store, images=images,
+                                 registry=registry,
                                  fair_share=fair_share, reconciler=reconciler, classifier=classifier,
                                  explainer=explainer, announcement=announcement)
     registry.announce(resources.name, announcement)
@@ -105,6 +112,9 @@ def load_resources(settings: Settings) -> ProcessResources:
              classifier.model_file, classifier.runtime.name, settings.inference_threads)
     return resources
 
+
+OBJECT_STORE_PAUSE = 2.0
+"""Seconds a task waits before going back to the queue when the object store holding its images does not answer."""
 
 BUSY_GAP = 0.5
 """Seconds between two tasks of a model process beyond which the wait is an empty queue, not a gap between chunks
@@ -229,8 +239,8 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
     finish_chunk = chunk is not None
     try:
         try:
-            process_jobs(job_ids, store=resources.store, classifier=resources.classifier, token=run,
-                         lease=lease_seconds(settings), max_deliveries=settings.max_deliveries,
+            process_jobs(job_ids, store=resources.store, images=resources.images, classifier=resources.classifier,
+                         token=run, lease=lease_seconds(settings), max_deliveries=settings.max_deliveries,
                          worker=resources.name, explainer=resources.explainer)
         except SoftTimeLimitExceeded:
             fail_held(job_ids, store=resources.store, token=run, error=problem(
@@ -241,6 +251,15 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
         _give_back(resources.store, job_ids, run)
         finish_chunk = False
         raise Reject(f"the job store does not answer ({error})", requeue=True) from error
+    except ObjectStoreUnavailable as error:
+        # The images' store went away: the jobs are not at fault, and wait for it. After a pause, so that a store
+        # that stays away is not asked again and again at once.
+        _give_back(resources.store, job_ids, run)
+        finish_chunk = False
+        log.warning("the object store does not answer: the task goes back to the queue in %g s (%s)",
+                    OBJECT_STORE_PAUSE, error)
+        time.sleep(OBJECT_STORE_PAUSE)
+        raise Reject(str(error), requeue=True) from error
     except Exception:
         # A failure of the service's own: the jobs go back to the queue, where the reconciler finds them without a
         # task and dispatches them again; MAX_DELIVERIES ends a job that fails every time.

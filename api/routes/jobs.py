@@ -4,12 +4,14 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, File, Header, Query, Request, Response, UploadFile
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
-from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
+from api.deps import AsyncRedisDep, DispatcherDep, ImagesDep, SettingsDep, StoreDep
 from api.large_pieces import LargePieceRoute
 from api.problems import ProblemError, problem_responses
+from api.references import ReferenceSubmission, plan_references
 from api.schemas import JobAnswer, JobPublic, SubmitResponse
 from api.submission import choose_lane, submit_batch, wait_for_job
 from api.uploads import plan_uploads
@@ -34,12 +36,15 @@ class PngResponse(Response):
 
 
 @router.post("/jobs", status_code=202, response_model=SubmitResponse,
-             responses=problem_responses(400, 401, 413, 422, 429, 503))
+             responses=problem_responses(400, 401, 409, 413, 422, 429, 503),
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": ReferenceSubmission.model_json_schema()}}}})
 async def submit_jobs(
     request: Request,
     response: Response,
     settings: SettingsDep,
     store: StoreDep,
+    images: ImagesDep,
     dispatcher: DispatcherDep,
     owner: OwnerDep,
     files: Annotated[list[UploadFile], File(description="Images (PNG, JPEG, DICOM) or ZIP archives of them")] = [],  # noqa: B006
@@ -60,18 +65,33 @@ async def submit_jobs(
         raise ProblemError(422, "explain-disabled", "explanations are turned off on this service "
                            "(EXPLAIN_ENABLED=0): submit without explain=true")
     callback = callback_for(callback_url, request, settings.webhook_host_patterns)  # also before anything is stored
-    plan = await run_in_threadpool(partial(
-        plan_uploads, [*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
-        max_unzipped_bytes=settings.max_unzipped_bytes, max_files=settings.max_files_per_request))
+    if request.headers.get("content-type", "").startswith("application/json"):
+        submission = _references(await request.body())
+        plan = await run_in_threadpool(partial(plan_references, submission, sources=settings.image_source_list,
+                                               objects=images.objects, limit=settings.max_references))
+    else:
+        plan = await run_in_threadpool(partial(
+            plan_uploads, [*files, *([file] if file else [])], max_bytes=settings.max_upload_bytes,
+            max_unzipped_bytes=settings.max_unzipped_bytes, max_files=settings.max_files_per_request))
     try:
         lane = choose_lane(len(plan.images), priority=priority, interactive_max=settings.interactive_max_images)
-        batch, jobs = await submit_batch(store, dispatcher, plan, owner=owner, idempotency=idempotency_key,
+        batch, jobs = await submit_batch(store, images, dispatcher, plan, owner=owner, idempotency=idempotency_key,
                                          max_queue=settings.max_queue, explain=explain, lane=lane,
                                          chunk_size=settings.max_batch, callback=callback)
     finally:
         plan.close()
     response.headers["Location"] = f"/batches/{batch.id}"
     return SubmitResponse(batch_id=batch.id, lane=batch.lane, jobs=[JobPublic.of(job) for job in jobs])
+
+
+def _references(body: bytes) -> ReferenceSubmission:
+    """The JSON body of a submission by reference; 422 naming what is wrong with it."""
+    try:
+        return ReferenceSubmission.model_validate_json(body)
+    except ValidationError as invalid:
+        detail = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
+                           for error in invalid.errors())
+        raise ProblemError(422, "invalid-request", f"the request is invalid: {detail}") from invalid
 
 
 def callback_for(url: str | None, request: Request, allowed: tuple[HostPattern, ...]) -> Callback | None:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
-from api.deps import AsyncRedisDep, DispatcherDep, SettingsDep, StoreDep
+from api.deps import AsyncRedisDep, DispatcherDep, ImagesDep, SettingsDep, StoreDep
 from api.large_pieces import LargePieceRoute
 from api.problems import ProblemError, problem_responses
 from api.schemas import LegacyPrediction
@@ -24,6 +24,7 @@ router = APIRouter(tags=["predict (synchronous)"], route_class=LargePieceRoute)
 async def predict(
     settings: SettingsDep,
     store: StoreDep,
+    images: ImagesDep,
     redis: AsyncRedisDep,
     dispatcher: DispatcherDep,
     owner: OwnerDep,
@@ -33,7 +34,7 @@ async def predict(
                                            max_unzipped_bytes=settings.max_unzipped_bytes, max_files=1))
     try:
         # A person waits at the screen for this answer: always the interactive lane.
-        _, (submitted,) = await submit_batch(store, dispatcher, plan, owner=owner, max_queue=settings.max_queue,
+        _, (submitted,) = await submit_batch(store, images, dispatcher, plan, owner=owner, max_queue=settings.max_queue,
                                              lane=Lane.INTERACTIVE, chunk_size=1)
     finally:
         plan.close()

@@ -108,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "service at --api, in chunks; "
                     "with --wait or --out, wait for every result and write one row per image. Rerun the same "
                     "command to resume an interrupted run: chunks already accepted are not uploaded again. "
+                    "Images already in a bucket the service may read (its IMAGE_SOURCES) are named instead: "
+                    "s3://bucket/key for one, s3://bucket/folder/ for every object under it; nothing is uploaded. "
                     "Exit status 1 if any image failed.",
     )
-    remote.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image file or folder")
+    remote.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder, or an s3:// location")
     remote.add_argument("--api", required=True, type=submit.http_url, metavar="URL",
                         help="the service, e.g. http://127.0.0.1:8000")
     remote.add_argument("--key", metavar="KEY",

@@ -34,6 +34,9 @@ STATE_SUFFIX = ".state.json"
 """`submit --out FILE` keeps the batches of the requests already accepted in FILE + this, to resume without
 uploading twice."""
 
+S3_SCHEME = "s3://"
+"""How an image already in a bucket is named on the command line: submitted by reference, not uploaded."""
+
 IDEMPOTENCY_PREFIX = "pneuradnet-submit-v1-"
 """Start of the Idempotency-Key of a `submit` request; the rest is a SHA-256 of its file names and contents."""
 
@@ -47,15 +50,21 @@ Row = tuple[str, dict[str, Any] | Failure]
 
 def run_submit(args: argparse.Namespace) -> Exit:
     out_format = _out_format(args.out)
-    paths = find_images(args.paths)
+    references = [path for path in args.paths if path.startswith(S3_SCHEME)]
+    if references and len(references) != len(args.paths):
+        raise UsageError("give image files and folders, or s3:// locations, not both in one command")
     state_path = args.out.with_name(args.out.name + STATE_SUFFIX) if args.out else None
     accepted = _load_state(state_path)
     rows: list[Row] = []
     with Client(args.api, key=args.key or os.environ.get(API_KEY_ENV) or None) as client:
-        with Progress("uploaded", len(paths)) as progress:
-            for chunk in read_chunks(paths, max_files=args.chunk_size, max_bytes=args.chunk_bytes):
-                rows += _send(client, chunk, accepted, state_path, api=args.api)
-                progress.advance(len(chunk), failed=sum(isinstance(data, Failure) for _, data in chunk))
+        if references:
+            rows = _send_references(client, references, accepted, state_path, api=args.api)
+        else:
+            paths = find_images([Path(path) for path in args.paths])
+            with Progress("uploaded", len(paths)) as progress:
+                for chunk in read_chunks(paths, max_files=args.chunk_size, max_bytes=args.chunk_bytes):
+                    rows += _send(client, chunk, accepted, state_path, api=args.api)
+                    progress.advance(len(chunk), failed=sum(isinstance(data, Failure) for _, data in chunk))
         if not (args.wait or args.out):
             return _print_batches(rows)
         rows = _finish(client, rows)
@@ -116,6 +125,30 @@ def _send(client: Client, chunk: Chunk, accepted: dict[str, str], state_path: Pa
             if state_path:
                 _replace(state_path, json.dumps({"api": api, "batches": accepted}, indent=1))
     return _pair(chunk, jobs)
+
+
+def _send_references(client: Client, references: list[str], accepted: dict[str, str], state_path: Path | None, *,
+                     api: str) -> list[Row]:
+    """Submit images already in a bucket: each folder (ending in /) in a request of its own, the single objects
+    together; nothing is uploaded. Each request's Idempotency-Key is made from what it names, so a rerun resumes."""
+    folders = [reference for reference in references if reference.endswith("/")]
+    objects = [reference for reference in references if not reference.endswith("/")]
+    requests = [{"prefix": folder} for folder in folders] + ([{"images": objects}] if objects else [])
+    rows: list[Row] = []
+    for request in requests:
+        key = IDEMPOTENCY_PREFIX + hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        jobs = _jobs_of(client, accepted[key]) if key in accepted else []
+        if not jobs:
+            submission = client.submit_references(**request, idempotency_key=key)
+            jobs = submission.jobs
+            accepted[key] = submission.batch_id
+            if state_path:
+                _replace(state_path, json.dumps({"api": api, "batches": accepted}, indent=1))
+        if "prefix" in request:
+            rows += [(f"{request['prefix']}{job['filename']}", job) for job in jobs]
+        else:
+            rows += list(zip(objects, jobs, strict=True))
+    return rows
 
 
 def _jobs_of(client: Client, batch_id: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from redis import Redis
 
 from service.deliveries import Deliveries
 from service.fairshare import FairShare
+from service.images import JobImages
 from service.jobstore import JobStore, Upload
 from service.keys import WEBHOOKS_DUE
 from service.queue import WEBHOOK_QUEUE, make_celery
@@ -151,8 +152,8 @@ def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: 
     redis.zadd(WEBHOOKS_DUE, {batch_id: 0})
     celery = make_celery(Settings(redis_url=URL))
     workers, fair_share = WorkerRegistry(URL), FairShare(URL, ttl=600)
-    reconciler = Reconciler(url=URL, store=store, workers=workers, fair_share=fair_share, celery=celery,
-                            max_batch=16, sweep_interval=30)
+    reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
+                            fair_share=fair_share, celery=celery, max_batch=16, sweep_interval=30)
     assert reconciler.sweep().callbacks == 1
     (message,) = [json.loads(raw) for raw in redis.lrange(WEBHOOK_QUEUE, 0, -1)]
     assert message["headers"]["task"] == "pneuradnet.deliver_callback"

@@ -21,6 +21,8 @@ def test_key_formats_are_pinned():
     assert keys.SWEEP_LOCK == "pneuradnet:sweep"
     assert keys.WEBHOOKS_DUE == "pneuradnet:webhooks:due"
     assert keys.ADMISSIONS == "pneuradnet:admissions"
+    assert keys.ADMISSION_BYTES == "pneuradnet:admissions:bytes"
+    assert keys.IMAGES_OWNED == "pneuradnet:images:owned"
     assert keys.fair_pending_key("owner1") == "pneuradnet:fair:pending:owner1"
     assert keys.fair_in_flight_key("owner1") == "pneuradnet:fair:in-flight:owner1"
     assert keys.fair_chunks_key("owner1") == "pneuradnet:fair:chunks:owner1"

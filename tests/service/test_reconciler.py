@@ -14,6 +14,7 @@ from service.broker import messages_in_broker
 from service.dispatch import enqueue_bulk
 from service.fairshare import Chunk, FairShare
 from service.faults import BROKER_SEND_FAILS, FAULT_FILE_ENV
+from service.images import JobImages
 from service.jobstore import JobStatus, JobStore, Lane, Upload
 from service.keys import RUNNING_REGISTRY, fair_pending_key
 from service.queue import BULK_QUEUE, make_celery, send_classify_task
@@ -35,8 +36,8 @@ def redis() -> Iterator[Redis]:
 def parts(redis: Redis) -> Iterator[tuple[JobStore, WorkerRegistry, Reconciler]]:
     store, workers, fair_share = JobStore(URL, ttl=600), WorkerRegistry(URL), FairShare(URL, ttl=600)
     celery = make_celery(Settings(redis_url=URL))
-    reconciler = Reconciler(url=URL, store=store, workers=workers, fair_share=fair_share, celery=celery,
-                            max_batch=16, sweep_interval=30)
+    reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
+                            fair_share=fair_share, celery=celery, max_batch=16, sweep_interval=30)
     yield store, workers, reconciler
     for part in (reconciler, fair_share, workers, store):
         part.close()
@@ -154,8 +155,9 @@ def test_a_chunk_released_and_never_sent_is_put_back_and_its_key_moves_again(red
 def test_one_process_of_the_fleet_sweeps_each_interval(parts):
     store, workers, reconciler = parts
     fair_share = FairShare(URL, ttl=600)
-    other = Reconciler(url=URL, store=store, workers=workers, fair_share=fair_share,
-                       celery=make_celery(Settings(redis_url=URL)), max_batch=16, sweep_interval=30)
+    other = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
+                       fair_share=fair_share, celery=make_celery(Settings(redis_url=URL)), max_batch=16,
+                       sweep_interval=30)
 
     assert reconciler.sweep_if_due("worker-1") is not None
     assert other.sweep_if_due("api-1") is None

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pneuradnet.errors import ModelManifestError
+from service.images import JobImages
 from service.jobstore import JobStatus, JobStore, Upload
 from tests.processes import ROOT
 from worker.processing import LazyExplainer, process_jobs
@@ -30,8 +31,8 @@ class StripedExplainer:
 
 
 def run(store: JobStore, classifier, job_ids: list[str], explainer) -> None:
-    process_jobs(job_ids, store=store, classifier=classifier, token="run-1", lease=60, max_deliveries=3,
-                 explainer=explainer)
+    process_jobs(job_ids, store=store, images=JobImages(store, None, None), classifier=classifier, token="run-1",
+                 lease=60, max_deliveries=3, explainer=explainer)
 
 
 @pytest.mark.model
@@ -108,8 +109,8 @@ def test_results_outlive_a_redis_outage_after_the_forward_pass(store: JobStore, 
     with lossy_proxy() as proxy:
         through_proxy = JobStore(f"{proxy.url}/{TEST_REDIS_URL.rsplit('/', 1)[1]}", ttl=600)
         counting = CountingClassifier(default_classifier, lambda: proxy.cut_for(4.0))
-        process_jobs([job.id for job in jobs], store=through_proxy, classifier=counting, token="run-1", lease=60,
-                     max_deliveries=3)
+        process_jobs([job.id for job in jobs], store=through_proxy, images=JobImages(through_proxy, None, None),
+                     classifier=counting, token="run-1", lease=60, max_deliveries=3)
         through_proxy.close()
 
     assert counting.forward_passes == 1

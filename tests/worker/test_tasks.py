@@ -23,8 +23,8 @@ def test_a_process_with_explanations_off_announces_its_model_and_explains_nothin
         assert resources.explainer is None
 
         _, (job,), _ = store.create_batch([Upload("a.jpeg", radiographs[0].read_bytes())], explain=True)
-        process_jobs([job.id], store=resources.store, classifier=resources.classifier, token="run-1",
-                     lease=60, max_deliveries=3, worker=resources.name, explainer=resources.explainer)
+        process_jobs([job.id], store=resources.store, images=resources.images, classifier=resources.classifier,
+                     token="run-1", lease=60, max_deliveries=3, worker=resources.name, explainer=resources.explainer)
 
         done = store.get_job(job.id)
         assert done.status is JobStatus.SUCCEEDED and done.result["predicted_class"]
@@ -42,8 +42,8 @@ def test_a_process_refuses_images_below_its_minimum_side(store: JobStore, radiog
     resources = load_resources(Settings(redis_url=TEST_REDIS_URL, min_image_side=2000))
     try:
         _, (job,), _ = store.create_batch([Upload("a.jpeg", radiographs[0].read_bytes())])
-        process_jobs([job.id], store=resources.store, classifier=resources.classifier, token="run-1",
-                     lease=60, max_deliveries=3, worker=resources.name, explainer=resources.explainer)
+        process_jobs([job.id], store=resources.store, images=resources.images, classifier=resources.classifier,
+                     token="run-1", lease=60, max_deliveries=3, worker=resources.name, explainer=resources.explainer)
 
         failed = store.get_job(job.id)
         assert failed.status is JobStatus.FAILED
