@@ -55,11 +55,12 @@ class JobImages:
 
     def keep(self, batch_id: str, first: int, uploads: Sequence[Upload]) -> list[Upload]:
         """Write a chunk of a batch's uploads to the object store, if that is where they wait (`first`: the place of
-        the first in the batch, which names its object); the uploads as the job store is to record them."""
+        the first in the batch, which names its object); the uploads as the job store is to record them. An image
+        named by reference is already where it waits."""
         if self._bucket is None or self._objects is None:
             return list(uploads)
         kept = [replace(upload, data=b"", location=str(self._bucket.child(f"{batch_id}/{first + n:06d}")), owned=True)
-                if upload.error is None else upload for n, upload in enumerate(uploads)]
+                if upload.error is None and not upload.location else upload for n, upload in enumerate(uploads)]
         written = [(ObjectLocation.parse(kept_upload.location), upload.data)
                    for kept_upload, upload in zip(kept, uploads, strict=True) if kept_upload.owned]
         self._store.note_owned_images([str(location) for location, _ in written])

@@ -75,6 +75,10 @@ class StoreFull(Exception):
         self.budget = budget
 
 
+BUDGET_SHARE_OF_MAXMEMORY = 0.9
+"""Share of Redis' maxmemory admission fills at most when REDIS_BUDGET_BYTES is not set: the rest is room for the
+broker's messages and the records of jobs that finish (service/scripts.py, OPEN_BATCH, uses the same share)."""
+
 JOB_RECORD_BYTES = 2048
 """What a waiting job costs Redis besides its image, counted against the byte budget: its record, its entries in
 the registries and its batch's list, with room to spare (measured: BENCHMARKS.md, "Object store")."""
@@ -502,6 +506,12 @@ class JobStore:
         """The images are deleted: forget them."""
         if locations:
             self._redis.zrem(IMAGES_OWNED, *locations)
+
+    def memory(self) -> tuple[int, int]:
+        """Redis' used memory and the byte budget admission holds it to (0: none), in bytes."""
+        info = self._redis.info("memory")
+        budget = self._budget_bytes or int(BUDGET_SHARE_OF_MAXMEMORY * int(info.get("maxmemory", 0)))
+        return int(info["used_memory"]), budget
 
     def redis_now(self) -> float:
         """Redis' clock, in unix seconds: the one clock every host of the fleet compares times on."""

@@ -79,6 +79,10 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("pneuradnet_jobs_running", "Jobs a worker holds now", value=self.store.running_count())
         yield GaugeMetricFamily("pneuradnet_workers_live", "Model processes that announced themselves lately",
                                 value=self.workers.count())
+        used, budget = self.store.memory()
+        yield GaugeMetricFamily("pneuradnet_redis_used_bytes", "Memory Redis uses (INFO used_memory)", value=used)
+        yield GaugeMetricFamily("pneuradnet_redis_budget_bytes", "Most bytes admission lets Redis hold "
+                                "(REDIS_BUDGET_BYTES, or 90% of its maxmemory); 0: no budget", value=budget)
         for name, (description, bounds) in HISTOGRAMS.items():
             cumulative = [(f"{bound:g}", values.get(f"{name}:le:{bound:g}", 0.0)) for bound in bounds]
             count = values.get(f"{name}:count", 0.0)

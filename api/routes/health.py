@@ -23,16 +23,19 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=problem_responses(503))
 async def readyz(store: StoreDep, workers: WorkersDep) -> JSONResponse:
-    """Ready when Redis answers and at least one worker process has loaded its model."""
+    """Ready when Redis answers and at least one worker process has loaded its model; says how much of its byte
+    budget Redis uses (a submission that would pass it is refused: 429 store-full)."""
     try:
         live = await run_in_threadpool(_live_workers, store, workers)
+        used, budget = await run_in_threadpool(store.memory)
     except Exception:
         return problem_response(503, "not-ready", "the job store (Redis) does not answer",
                                 {"Retry-After": str(REDIS_RETRY_AFTER)})
+    redis = {"used_bytes": used, "budget_bytes": budget}
     if not live:
         return problem_response(503, "not-ready", "no worker is alive with a loaded model: jobs would wait",
-                                {"Retry-After": str(REDIS_RETRY_AFTER)})
-    return JSONResponse({"status": "ready", "workers": len(live)})
+                                {"Retry-After": str(REDIS_RETRY_AFTER)}, redis=redis)
+    return JSONResponse({"status": "ready", "workers": len(live), "redis": redis})
 
 
 @router.get("/models", responses=problem_responses(401, 503))
