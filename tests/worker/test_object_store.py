@@ -178,6 +178,8 @@ def test_a_full_redis_refuses_what_would_not_fit_and_takes_it_once_drained(
             accepted = client.post("/jobs", files={"files": ("first.zip", first)})
             assert accepted.status_code == 202, accepted.text
             refused = client.post("/jobs", files={"files": ("second.zip", second)})  # no worker yet: nothing drains
+            gauges = {sample.name: sample.value for family in text_string_to_metric_families(
+                client.get("/metrics").text) for sample in family.samples}
             worker = start_worker(tmp_path / "worker.log", **settings)
             assert finished_batch(client, accepted.json()["batch_id"])["counts"]["succeeded"] == 120
             if image_store == "redis":
@@ -185,10 +187,8 @@ def test_a_full_redis_refuses_what_would_not_fit_and_takes_it_once_drained(
                 assert refused.json()["type"].endswith(":store-full") and refused.headers["retry-after"] == "30"
                 budget = int(0.9 * 40 * 1024 * 1024)  # 90% of maxmemory
                 assert client.get("/readyz").json()["redis"]["budget_bytes"] == budget
-                gauges = {sample.name: sample.value for family in text_string_to_metric_families(
-                    client.get("/metrics").text) for sample in family.samples}
                 assert gauges["pneuradnet_redis_budget_bytes"] == budget
-                assert 20e6 < gauges["pneuradnet_redis_used_bytes"] < budget  # the first upload waits there
+                assert 20e6 < gauges["pneuradnet_redis_used_bytes"] < budget  # the first upload waited there
                 refused = client.post("/jobs", files={"files": ("second.zip", second)})  # drained: it fits now
             assert refused.status_code == 202, refused.text
             assert finished_batch(client, refused.json()["batch_id"])["counts"]["succeeded"] == 120
