@@ -2,8 +2,10 @@
 the bucket as from Redis, the service's own deleted once done or expired and a client's never, a store that goes
 away waited for; and a Redis at its maxmemory that refuses what would not fit instead of falling over."""
 
+import csv
 import io
 import subprocess
+import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from service.jobstore import JobStore
 from service.keys import IMAGES_OWNED
 from tests.live_service import start_api, start_worker
 from tests.objectstore import SeaweedFS
-from tests.processes import forward_passes, free_port, stop, wait_until
+from tests.processes import ROOT, forward_passes, free_port, stop, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -197,3 +199,26 @@ def test_a_full_redis_refuses_what_would_not_fit_and_takes_it_once_drained(
         if worker is not None:
             stop(worker)
     assert forward_passes(tmp_path / "worker.log") == 240
+
+
+def test_submit_names_a_folder_of_the_bucket_and_writes_a_row_per_object(
+        object_store: SeaweedFS, redis_database: str, radiographs: list[Path], tmp_path: Path):
+    folder = ObjectLocation(BUCKET, f"test-{uuid.uuid4().hex}")
+    settings = {"REDIS_URL": redis_database, "IMAGE_SOURCES": f"{folder}/", **object_store.env}
+    objects = ObjectStore(endpoint=object_store.endpoint)
+    objects.put_many([(folder.child(f"scans/{path.name}"), path.read_bytes()) for path in radiographs[:5]])
+    worker = start_worker(tmp_path / "worker.log", **settings)
+    api, url = start_api(tmp_path / "api.log", **settings)
+    out = tmp_path / "results.csv"
+    try:
+        command = [sys.executable, "-m", "pneuradnet.cli", "submit", f"{folder}/scans/", "--api", url, "--out", out]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    finally:
+        stop(api)
+        stop(worker)
+
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [row["filename"] for row in rows] == [f"{folder}/scans/{path.name}" for path in radiographs[:5]]
+    assert [row["status"] for row in rows] == ["succeeded"] * 5
+    assert (tmp_path / "results.csv.state.json").exists()  # a rerun resumes: nothing is submitted twice
