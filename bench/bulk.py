@@ -1,5 +1,6 @@
 """Bulk at the speed of the model: `.venv/bin/python -m bench.bulk` uploads one ZIP of N real radiographs (600 by
-default: the package's 16, each under many names) in one request, and measures, on a Redis database of its own:
+default: the package's 16, each under many names) in one request (or in ZIPs of MAX_FILES_PER_REQUEST each, past
+it), and measures, on a Redis database of its own:
 
 - the time to the `202`, and to the first result (the first job of the batch to succeed, seen on the batch's
   channel), from the request's start;
@@ -10,6 +11,11 @@ default: the package's 16, each under many names) in one request, and measures, 
 - single-image latency (submit, then long-poll) against classifying one image in this process;
 - per chunk, from the workers' own histograms (/metrics): the time from a task's start to its forward pass
   (claiming, reading and decoding), the forward pass, and the worker's wait between one chunk and the next.
+
+With `--store s3`, the service keeps the uploaded images in an S3-compatible bucket (a SeaweedFS the benchmark
+starts on loopback: IMAGE_STORE); with `--store reference`, the images are put in the bucket first and submitted by
+reference, one request naming their folder (IMAGE_SOURCES). Either also reports what a waiting job costs Redis,
+with its image in Redis and in the bucket (`memory_per_waiting_job`).
 
 Medians of --runs runs. Run it on a quiet machine: nothing else should be using the cores.
 """
@@ -23,7 +29,9 @@ import statistics
 import tempfile
 import threading
 import time
+import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,10 +44,22 @@ from bench.inprocess import bulk_images_per_second
 from pneuradnet.classifier import Classifier
 from pneuradnet.client import Client
 from pneuradnet.manifest import MODEL_CACHE_DIR
+from service.imagestore import ObjectLocation, ObjectStore
+from tests.objectstore import SeaweedFS
 from tests.processes import start_api, start_worker, stop
 
 RADIOGRAPHS = "pneumonia_model_package/datasets/pneumonia-data/val"
 BENCH_DB = 12
+
+
+STORES = ("redis", "s3", "reference")
+"""Where the images wait: in Redis, uploaded to a bucket (IMAGE_STORE), or in a bucket already (IMAGE_SOURCES)."""
+
+FILES_PER_REQUEST = 1000
+"""Images per upload request (MAX_FILES_PER_REQUEST's default): a larger bulk is sent as several ZIPs."""
+
+WAITING_JOBS_MEASURED = 200
+"""Jobs submitted, with no worker, to measure what a waiting job costs Redis."""
 
 
 def main() -> None:
@@ -47,6 +67,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--singles", type=int, default=20, help="single-image latencies measured")
+    parser.add_argument("--store", choices=STORES, default="redis", help="where the images wait (see above)")
     parser.add_argument("--json", type=Path, default=Path("bench-bulk.json"))
     args = parser.parse_args()
 
@@ -54,38 +75,49 @@ def main() -> None:
                               .locate_file(RADIOGRAPHS)).glob("*.jpeg"))
     items = [(f"study/{n:04d}-{radiographs[n % len(radiographs)].name}", radiographs[n % len(radiographs)].read_bytes())
              for n in range(args.images)]
-    archive = _zip(items)
-    report = {"machine": _machine(), "images": args.images, "archive_mb": len(archive) / 2**20,
-              **_measure(items, archive, radiographs, args)}
+    report = {"machine": _machine(), "images": args.images, "store": args.store,
+              "images_mb": sum(len(data) for _, data in items) / 2**20, **_measure(items, radiographs, args)}
     args.json.write_text(json.dumps(report, indent=2))
     for key, value in report.items():
         print(f"{key:42} {value if not isinstance(value, float) else round(value, 3)}")
 
 
-def _measure(items: list[tuple[str, bytes]], archive: bytes, radiographs: list[Path],
-             args: argparse.Namespace) -> dict[str, object]:
+def _measure(items: list[tuple[str, bytes]], radiographs: list[Path], args: argparse.Namespace) -> dict[str, object]:
     redis_url = f"redis://127.0.0.1:6379/{BENCH_DB}"
     redis = Redis.from_url(redis_url)
     redis.flushdb()
     env = {**os.environ, "REDIS_URL": redis_url, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     logs = Path(tempfile.mkdtemp(prefix="pneuradnet-bench-bulk-"))
+    bucket = SeaweedFS(logs / "seaweedfs") if args.store != "redis" else None
+    folder = ObjectLocation("bench", f"bulk-{uuid.uuid4().hex}")
+    if bucket is not None:
+        bucket.start()
+        env |= bucket.env
+        os.environ.update(bucket.env)  # this process puts the images a reference names
+        env |= {"IMAGE_STORE": str(folder.child("uploads"))} if args.store == "s3" else {"IMAGE_SOURCES": f"{folder}/"}
     local = Classifier.load("default", runtime="onnxruntime", cache_dir=MODEL_CACHE_DIR)
     local.warm_up()
     api, url = start_api(logs / "api.log", env)
-    worker = start_worker(logs / "worker.log", env)
     try:
         with httpx.Client(base_url=url, timeout=300) as client, Client(url, timeout=300) as service:
-            _upload(client, service, redis, _zip(items[:32]))  # the service's warm-up: first batches, connections
-            runs = []
-            for _ in range(args.runs):
-                before = bulk_images_per_second(local, items)
-                run = _upload(client, service, redis, archive)
-                # The limit measured just before and just after the request: the machine's drift meanwhile averages out.
-                limit = (before + bulk_images_per_second(local, items)) / 2
-                runs.append({**run, "in_process_images_per_second": limit})
-            singles = [_single(client, radiographs[n % len(radiographs)]) for n in range(args.singles)]
-            local_singles = [_local_single(local, radiographs[n % len(radiographs)]) for n in range(args.singles)]
-        redis_peak = max(run["redis_peak_mb"] for run in runs)
+            submit = _submitter(service, items, args.store, folder, bucket)
+            sample = items[:WAITING_JOBS_MEASURED]
+            per_waiting_job = _memory_per_waiting_job(
+                client, redis, _submitter(service, sample, args.store, folder, bucket), len(sample))
+            worker = start_worker(logs / "worker.log", env)
+            try:
+                _upload(client, service, redis, _submitter(service, items[:32], "redis", folder, None))  # warm-up
+                runs = []
+                for _ in range(args.runs):
+                    before = bulk_images_per_second(local, items)
+                    run = _upload(client, service, redis, submit)
+                    # The limit just before and just after the request: the machine's drift meanwhile averages out.
+                    limit = (before + bulk_images_per_second(local, items)) / 2
+                    runs.append({**run, "in_process_images_per_second": limit})
+                singles = [_single(client, radiographs[n % len(radiographs)]) for n in range(args.singles)]
+                local_singles = [_local_single(local, radiographs[n % len(radiographs)]) for n in range(args.singles)]
+            finally:
+                stop(worker)
         return {
             "seconds_to_202": statistics.median(run["seconds_to_202"] for run in runs),
             "seconds_to_first_result": statistics.median(run["seconds_to_first_result"] for run in runs),
@@ -94,21 +126,47 @@ def _measure(items: list[tuple[str, bytes]], archive: bytes, radiographs: list[P
             "ratio_to_in_process": statistics.median(run["images_per_second"] / run["in_process_images_per_second"]
                                                      for run in runs),
             "api_peak_rss_mb": _peak_rss_mb(api.pid),
-            "redis_peak_used_mb": redis_peak,
+            "redis_peak_used_mb": max(run["redis_peak_mb"] for run in runs),
+            "redis_bytes_per_waiting_job": per_waiting_job,
             **{key: statistics.median(run[key] for run in runs) for key in runs[0] if key.startswith("mean_")},
             "single_p50_ms": statistics.median(singles),
             "in_process_single_p50_ms": statistics.median(local_singles),
             "runs": runs,
         }
     finally:
-        stop(worker)
         stop(api)
+        if bucket is not None:
+            bucket.stop()
         redis.flushdb()
 
 
-def _upload(client: httpx.Client, service: Client, redis: Redis, archive: bytes) -> dict[str, float]:
-    """One request with the whole archive, sent by the project's client as `pneuradnet submit` sends it: when the
-    202 came, when the batch's first job succeeded, when all had."""
+def _submitter(service: Client, items: list[tuple[str, bytes]], store: str, folder: ObjectLocation,
+               bucket: SeaweedFS | None) -> Callable[[], list[str]]:
+    """What submits the images, as a client would, and answers the ids of the batches: ZIPs uploaded (in requests
+    of FILES_PER_REQUEST), or, for references, one request naming the folder they were put in."""
+    if store == "reference":
+        assert bucket is not None
+        objects = ObjectStore(endpoint=bucket.endpoint)
+        archive = folder.child(f"archive-{uuid.uuid4().hex}/")
+        objects.put_many([(archive.child(name), data) for name, data in items])
+        return lambda: [service.submit_references(prefix=str(archive)).batch_id]
+    archives = [_zip(items[start:start + FILES_PER_REQUEST]) for start in range(0, len(items), FILES_PER_REQUEST)]
+    return lambda: [service.submit([(f"part-{n}.zip", archive)]).batch_id for n, archive in enumerate(archives)]
+
+
+def _memory_per_waiting_job(client: httpx.Client, redis: Redis, submit: Callable[[], list[str]], count: int) -> float:
+    """What a waiting job costs Redis, its image included when it is kept there: `count` jobs submitted with no
+    worker running (`submit` sends them), then canceled."""
+    before = int(redis.info("memory")["used_memory"])
+    (batch_id,) = submit()
+    waiting = int(redis.info("memory")["used_memory"]) - before
+    client.delete(f"/batches/{batch_id}")
+    return waiting / count
+
+
+def _upload(client: httpx.Client, service: Client, redis: Redis, submit: Callable[[], list[str]]) -> dict[str, float]:
+    """The images submitted (`submit`) by the project's client as `pneuradnet submit` sends them: when the last 202
+    came, when the first job succeeded, when all had."""
     events: list[tuple[float, str]] = []
     memory: list[float] = []
     done = threading.Event()
@@ -120,20 +178,22 @@ def _upload(client: httpx.Client, service: Client, redis: Redis, archive: bytes)
     sampler.start()
     before = _histograms(client)
     started = time.perf_counter()
-    batch_id = service.submit([("study.zip", archive)]).batch_id
+    batch_ids = submit()
     accepted = time.perf_counter() - started
-    while "retry-after" in (batch := client.get(f"/batches/{batch_id}", params={"wait": 30})).headers:
-        pass
+    total = 0
+    for batch_id in batch_ids:
+        while "retry-after" in (batch := client.get(f"/batches/{batch_id}", params={"wait": 30})).headers:
+            pass
+        assert batch.json()["counts"]["succeeded"] == batch.json()["total"], batch.json()["counts"]
+        total += batch.json()["total"]
     finished = time.perf_counter() - started
     done.set()
     after = _histograms(client)
     listener.join()
     sampler.join()
     pubsub.close()
-    total = batch.json()["total"]
-    assert batch.json()["counts"]["succeeded"] == total, batch.json()["counts"]
-    channel = f"pneuradnet:batch:{batch_id}:events"
-    first = min(moment for moment, name in events if name == channel) - started
+    channels = {f"pneuradnet:batch:{batch_id}:events" for batch_id in batch_ids}
+    first = min(moment for moment, name in events if name in channels) - started
     per_chunk = {f"mean_{name}_ms": 1000 * (after[name][0] - before[name][0])
                  / max(1.0, after[name][1] - before[name][1]) for name in HISTOGRAMS}
     return {"seconds_to_202": accepted, "seconds_to_first_result": first, "seconds": finished,
