@@ -303,7 +303,7 @@ class JobStore:
         # The images go in as plain SETs ahead of the script, in the same round trip: handed to the script, each
         # would be copied into Lua and back out, which doubled Redis' time to store a 109 MB archive (0.4 s).
         for job, upload in zip(jobs, uploads, strict=True):
-            if _bytes_in_redis(upload):
+            if upload.error is None and not upload.location:  # an empty file too: its job fails as such
                 pipe.set(image_key(job.id), upload.data, ex=self.ttl)
         self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
