@@ -2,7 +2,7 @@
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,19 +98,21 @@ class Classifier:
         return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO),
                              decoded=image if keep_decoded else None)
 
-    def prepare_each(self, items: Sequence[tuple[str, bytes]], *,
+    def prepare_each(self, items: Sequence[tuple[str, bytes | Callable[[], bytes]]], *,
                      keep_decoded: Sequence[bool] = ()) -> list[PreparedImage | Exception]:
         """prepare() of every (filename, bytes) pair, in order, on the decoding threads; an image that fails gives
-        its exception in its place (InvalidImageError for anything that is not an image). `keep_decoded` says, per
-        item, whether to keep its decoded image."""
+        its exception in its place (InvalidImageError for anything that is not an image). The bytes may be given
+        as a callable that returns them once they have arrived (a download under way): each image is decoded as
+        soon as it is there, while the others are still coming, and what the callable raises is that image's
+        outcome. `keep_decoded` says, per item, whether to keep its decoded image."""
         keep = list(keep_decoded) or [False] * len(items)
         if len(keep) != len(items):
             raise ValueError(f"keep_decoded has {len(keep)} flags for {len(items)} items")
 
-        def prepare(item: tuple[tuple[str, bytes], bool]) -> PreparedImage | Exception:
+        def prepare(item: tuple[tuple[str, bytes | Callable[[], bytes]], bool]) -> PreparedImage | Exception:
             (filename, data), keep_image = item
             try:
-                return self.prepare(filename, data, keep_decoded=keep_image)
+                return self.prepare(filename, data() if callable(data) else data, keep_decoded=keep_image)
             except Exception as error:  # handed back in its image's place: one bad file never stops the rest
                 return error
 

@@ -9,10 +9,10 @@ died between writing an image and storing its job, a job that expired). Nothing 
 deleted: an image submitted by reference is not noted.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from service.imagestore import ObjectLocation, ObjectStore, ObjectUnreadable
+from service.imagestore import ObjectLocation, ObjectStore
 from service.jobstore import Job, JobStore, Upload
 from service.settings import Settings
 
@@ -67,19 +67,20 @@ class JobImages:
         self._objects.put_many(written)
         return kept
 
-    def read(self, jobs: Sequence[Job]) -> list[bytes | ObjectUnreadable | None]:
-        """Each job's image, in order: its bytes, why its object cannot be read, or None if it is no longer in Redis
-        (expired). The objects are read in parallel; ObjectStoreUnavailable if the store does not answer."""
+    def read(self, jobs: Sequence[Job]) -> list[bytes | Callable[[], bytes] | None]:
+        """Each job's image, in order: its bytes, read from Redis in one round trip; or, for an object, a callable
+        that waits for its bytes, read in parallel and as they arrive (it raises ObjectUnreadable, or
+        ObjectStoreUnavailable); or None if the image is no longer in Redis (expired)."""
         in_redis = [job for job in jobs if not job.image]
         from_redis = dict(zip((job.id for job in in_redis), self._store.images([job.id for job in in_redis]),
                               strict=True))
         in_objects = [job for job in jobs if job.image]
-        from_objects: dict[str, bytes | ObjectUnreadable] = {}
+        from_objects: dict[str, Callable[[], bytes]] = {}
         if in_objects:
             if self._objects is None:
                 raise ValueError("jobs name images in an object store, and this process has none configured")
-            read = self._objects.get_many([ObjectLocation.parse(job.image) for job in in_objects])
-            from_objects = dict(zip((job.id for job in in_objects), read, strict=True))
+            readings = self._objects.get_each([ObjectLocation.parse(job.image) for job in in_objects])
+            from_objects = {job.id: reading.result for job, reading in zip(in_objects, readings, strict=True)}
         return [from_objects[job.id] if job.image else from_redis[job.id] for job in jobs]
 
     def discard(self, jobs: Sequence[Job]) -> None:

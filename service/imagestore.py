@@ -11,7 +11,7 @@ without TLS (a local or private store).
 """
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -112,20 +112,28 @@ class ObjectStore:
     def get_many(self, locations: Sequence[ObjectLocation]) -> list[bytes | ObjectUnreadable]:
         """Each object's bytes, read in parallel, or why that one cannot be read; ObjectStoreUnavailable if the
         store itself does not answer."""
-        outcomes = self._each(lambda location: bytes(obstore.get(self._bucket(location.bucket), location.key).bytes()),
-                              locations)
         read: list[bytes | ObjectUnreadable] = []
-        for location, outcome in zip(locations, outcomes, strict=True):
-            if isinstance(outcome, FileNotFoundError):
-                read.append(ObjectUnreadable(f"the object {location} does not exist"))
-            elif isinstance(outcome, PermissionDeniedError):
-                read.append(ObjectUnreadable(f"the service may not read the object {location}"))
-            elif isinstance(outcome, BaseException):
-                raise _unavailable(outcome) from outcome
-            else:
-                assert isinstance(outcome, bytes)
-                read.append(outcome)
+        for reading in self.get_each(locations):
+            try:
+                read.append(reading.result())
+            except ObjectUnreadable as unreadable:
+                read.append(unreadable)
         return read
+
+    def get_each(self, locations: Sequence[ObjectLocation]) -> list["Future[bytes]"]:
+        """Start reading each object, PARALLEL_REQUESTS at a time: a future of its bytes, which raises
+        ObjectUnreadable for that object, or ObjectStoreUnavailable."""
+        return [self._pool.submit(self._get, location) for location in locations]
+
+    def _get(self, location: ObjectLocation) -> bytes:
+        try:
+            return bytes(obstore.get(self._bucket(location.bucket), location.key).bytes())
+        except FileNotFoundError as error:
+            raise ObjectUnreadable(f"the object {location} does not exist") from error
+        except PermissionDeniedError as error:
+            raise ObjectUnreadable(f"the service may not read the object {location}") from error
+        except Exception as error:
+            raise _unavailable(error) from error
 
     def delete_many(self, locations: Sequence[ObjectLocation]) -> None:
         """Delete the objects (one request per bucket, in parallel); one already gone is no error."""

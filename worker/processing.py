@@ -20,7 +20,7 @@ from pneuradnet.errors import InvalidImageError, PneuradnetError
 from pneuradnet.explain import GradCam, overlay_png
 from pneuradnet.results import Prediction
 from service.images import JobImages
-from service.imagestore import ObjectUnreadable
+from service.imagestore import ObjectStoreUnavailable, ObjectUnreadable
 from service.jobstore import Job, JobStore
 from service.logs import job_event
 from service.metrics import observe
@@ -71,29 +71,33 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, images: JobImages, 
     received = time.perf_counter()
     claimed = store.claim(job_ids, token=token, lease=lease, worker=worker)
     finished: list[Job] = []
-    stored: list[tuple[Job, bytes]] = []
+    stored: list[tuple[Job, bytes | Callable[[], bytes]]] = []
     for job, data in zip(claimed, images.read(claimed), strict=True):
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
-            failure = problem("worker-lost", "Worker lost", 500, f"the worker processing this image stopped "
-                              f"{job.deliveries - 1} times; the image was not classified")
+            finished += _fail(store, job, token, problem(
+                "worker-lost", "Worker lost", 500, f"the worker processing this image stopped {job.deliveries - 1} "
+                "times; the image was not classified"))
         elif data is None:
-            failure = problem("image-missing", "Image missing", 500, "the uploaded image is no longer stored (it "
-                              "expired before a worker took it)")
-        elif isinstance(data, ObjectUnreadable):
-            failure = problem("image-unreadable", "Image unreadable", 422, str(data))
+            finished += _fail(store, job, token, problem(
+                "image-missing", "Image missing", 500, "the uploaded image is no longer stored (it expired before a "
+                "worker took it)"))
         else:
             stored.append((job, data))
-            continue
-        finished += _fail(store, job, token, failure)
     observe(store, "queue_wait_seconds", [job.queue_wait for job in claimed if job.queue_wait is not None])
+    # Each image is decoded as soon as its bytes are here (an object read from the bucket may still be on its way).
     # Explained jobs keep their decoded image, for the heatmap to be drawn over.
     decoded = classifier.prepare_each([(job.filename, data) for job, data in stored],
                                       keep_decoded=[job.explain for job, _ in stored])
+    unavailable = next((outcome for outcome in decoded if isinstance(outcome, ObjectStoreUnavailable)), None)
+    if unavailable is not None:
+        raise unavailable  # the task gives its jobs back: they wait for the store
     prepared: list[tuple[Job, PreparedImage]] = []
     for (job, _), outcome in zip(stored, decoded, strict=True):
         if isinstance(outcome, PreparedImage):
             prepared.append((job, outcome))
+        elif isinstance(outcome, ObjectUnreadable):
+            finished += _fail(store, job, token, problem("image-unreadable", "Image unreadable", 422, str(outcome)))
         else:
             finished += _fail_to_decode(store, job, token, outcome)
     if prepared:

@@ -1,4 +1,5 @@
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -193,3 +194,23 @@ def test_a_1_channel_image_reaches_the_model_of_a_tiny_classifier(write_manifest
 
     assert prediction.labels == ("cat", "dog")
     assert sum(prediction.predictions) == pytest.approx(1.0)
+
+
+def test_images_whose_bytes_are_still_on_their_way_are_decoded_as_each_arrives(default_classifier, radiographs):
+    arrived = [threading.Event() for _ in radiographs[:4]]
+
+    def arriving(n: int):
+        def wait_for_bytes() -> bytes:
+            assert arrived[n].wait(10)
+            return radiographs[n].read_bytes()
+        return wait_for_bytes
+
+    def missing() -> bytes:
+        raise FileNotFoundError("the object is gone")
+
+    threading.Timer(0.2, lambda: [event.set() for event in arrived]).start()
+    outcomes = default_classifier.prepare_each([(f"{n}.jpeg", arriving(n)) for n in range(4)] + [("gone", missing)])
+
+    direct = default_classifier.prepare_each([(f"{n}.jpeg", radiographs[n].read_bytes()) for n in range(4)])
+    assert [outcome.pixels.tolist() for outcome in outcomes[:4]] == [image.pixels.tolist() for image in direct]
+    assert isinstance(outcomes[4], FileNotFoundError)
