@@ -16,6 +16,8 @@ Measured in one run, on a Redis database of its own (REDIS_URL's host, database 
 Run it on a quiet machine: nothing else should be using the cores.
 The lanes (issue 15: interactive latency behind a bulk, bulk throughput with interactive traffic) have their own
 benchmark: `.venv/bin/python -m bench.lanes` (BENCHMARKS.md, "Lanes").
+The fault campaign (a seeded nemesis against real processes, then an invariant checker) has its own too:
+`.venv/bin/python -m bench.chaos --minutes 30` (it prints its seed; `--seed S` replays what it decides).
 """
 
 import argparse

@@ -90,10 +90,13 @@ def make_celery(settings: Settings) -> Celery:
         # (worker.tasks: Reject with requeue); anything else gives its jobs back to the queue, where the
         # reconciler finds them, never to a task that loops on the same failure.
         task_acks_on_failure_or_timeout=False,
-        # When the broker connection drops, a running task could not be acknowledged any more: it is stopped, and
-        # its message, still unacknowledged in Redis (kept across a restart by the append-only file), is handed out
-        # again after the visibility timeout; jobs it had finished are not run twice.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # When the broker connection drops, a running task goes on: it stores its results as soon as Redis answers
+        # again (worker/processing.py), rather than being killed with its forward pass done and its jobs leased to
+        # a dead process until their lease ends (the fault campaign saw each such kill cost a lease and the work
+        # twice). It cannot be acknowledged on the new connection: its message, still unacknowledged in Redis (kept
+        # across a restart by the append-only file), comes back after the visibility timeout and finds its jobs
+        # finished.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Reconnect to the broker for as long as it takes (Celery's default gives up after 100 tries and the
         # worker exits); the job store's clients reconnect by themselves (service/connections.py).
         broker_connection_retry=True,
