@@ -222,3 +222,29 @@ def test_submit_names_a_folder_of_the_bucket_and_writes_a_row_per_object(
     assert [row["filename"] for row in rows] == [f"{folder}/scans/{path.name}" for path in radiographs[:5]]
     assert [row["status"] for row in rows] == ["succeeded"] * 5
     assert (tmp_path / "results.csv.state.json").exists()  # a rerun resumes: nothing is submitted twice
+
+
+def test_redis_out_of_memory_mid_upload_is_a_429_and_strands_nothing(small_redis: str, radiographs: list[Path],
+                                                                      tmp_path: Path):
+    """With the byte budget out of the way, the second upload fills Redis to its maxmemory in the middle of its
+    admission: it is refused as store-full, its jobs stored so far are withdrawn and their images deleted, and the
+    first upload is untouched."""
+    api, url = start_api(tmp_path / "api.log", REDIS_URL=small_redis, REDIS_BUDGET_BYTES=str(10**12))
+    redis = Redis.from_url(small_redis)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            first = client.post("/jobs", files={"files": ("first.zip", zipped(radiographs, 120, "first"))})
+            refused = client.post("/jobs", files={"files": ("second.zip", zipped(radiographs, 120, "second"))})
+            assert first.status_code == 202, first.text
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["type"].endswith(":store-full") and refused.headers["retry-after"] == "30"
+            batches = [key for key in redis.scan_iter("pneuradnet:batch:*") if key.count(b":") == 2]
+            assert len(batches) == 2  # the refused one keeps its (withdrawn) record only
+            withdrawn = next(key for key in batches if key != f"pneuradnet:batch:{first.json()['batch_id']}".encode())
+            counts = redis.hgetall(withdrawn)
+            assert int(counts.get(b"queued", 0)) == 0 and int(counts.get(b"running", 0)) == 0
+            assert redis.zcard("pneuradnet:registry:queued") == 120  # the first upload's jobs, and only those
+            assert redis.hlen("pneuradnet:admissions") == 0 and redis.hlen("pneuradnet:admissions:bytes") == 0
+            assert len(list(redis.scan_iter("pneuradnet:job:*:image"))) == 120
+    finally:
+        stop(api)
