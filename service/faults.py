@@ -1,4 +1,4 @@
-"""Fault points for tests and the fault campaign (bench/chaos.py): off unless the process's environment names them.
+"""Fault points for tests and the fault campaign (bench/chaos/): off unless the process's environment names them.
 Neither is a knob for operators, so neither is a setting nor in the README's table.
 
 - PNEURADNET_FAULT names a point where the process ends, exactly there, at once (`fault_point`).

@@ -1,4 +1,4 @@
-"""The fault campaign (bench/chaos.py) in the test command, and its checker on evidence made up to break it.
+"""The fault campaign (bench/chaos/) in the test command, and its checker on evidence made up to break it.
 
 Two short campaigns, each a process of its own: the fixed seed FIXED_SEED and a random seed (printed, and named in
 the failure's message with the command that replays it). Each must end with every invariant holding. A seed that
@@ -17,17 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import (
-    BOOKS,
-    FAIR_BOOKS,
-    Call,
-    Checker,
-    Evidence,
-    Fault,
-    Received,
-    WorkerLog,
-    time_limit,
-)
+from bench.chaos.books import BOOKS, FAIR_BOOKS
+from bench.chaos.checker import Checker, Evidence, WorkerLog
+from bench.chaos.history import Call, Fault, Received
+from bench.chaos.settings import time_limit
 from tests.processes import ROOT
 
 FIXED_SEED = 20261206
