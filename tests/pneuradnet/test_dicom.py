@@ -209,11 +209,27 @@ def test_a_multi_frame_file_says_its_first_frame_was_used(dicoms):
 def test_the_source_facts_are_the_allowed_ones_and_nothing_else(sources, dicoms):
     _, gray = sources[NORMAL]
 
-    source = decode_image(dicoms[NORMAL]["16-bit rescaled and windowed"]).info[SOURCE_INFO]
+    data = dicoms[NORMAL]["16-bit rescaled and windowed"]
+    header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+    source = decode_image(data).info[SOURCE_INFO]
 
     assert source == {"format": "DICOM", "modality": "DX", "view_position": "PA", "rows": gray.shape[0],
                       "columns": gray.shape[1], "frames": 1, "frame_used": 1,
-                      "photometric_interpretation": "MONOCHROME2", "bits_stored": 12}
+                      "photometric_interpretation": "MONOCHROME2", "bits_stored": 12,
+                      "study_instance_uid": STUDY_UID, "series_instance_uid": None,  # the file has none
+                      "sop_instance_uid": header.SOPInstanceUID,
+                      "sop_class_uid": DigitalXRayImageStorageForPresentation}
+
+
+def test_the_uids_name_the_image_and_a_value_that_is_not_a_uid_is_left_out():
+    series = generate_uid()
+
+    named = decode_image(dicom_file(np.zeros((4, 4), np.uint8), SeriesInstanceUID=series)).info[SOURCE_INFO]
+    garbled = decode_image(dicom_file(np.zeros((4, 4), np.uint8), SeriesInstanceUID="Doe^Jane")).info[SOURCE_INFO]
+
+    assert named["series_instance_uid"] == series and named["study_instance_uid"] == STUDY_UID
+    assert garbled["series_instance_uid"] is None
 
 
 def test_a_fact_that_is_not_a_code_string_is_left_out():
