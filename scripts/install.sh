@@ -34,4 +34,6 @@ if [[ "${1:-}" == "--test" ]]; then
     need_debian /usr/bin/chromium chromium
     need_debian ip iproute2
     need_debian iptables iptables
+    need_debian /usr/sbin/Orthanc orthanc orthanc-dicomweb  # the PACS of tests/worker/test_reports.py
+    need_debian dsrdump dcmtk  # an independent reader of the structured report (tests/pneuradnet/test_sr.py)
 fi

@@ -33,7 +33,7 @@ from pneuradnet.images import MAX_PIXELS, SOURCE_INFO, decode_image
 NORMAL = "NORMAL2-IM-1430-0001"
 PNEUMONIA = "person1951_bacteria_4882"
 
-STUDY_UID = "1.2.826.0.1.3680043.8.498.4711471147114711"
+STUDY_UID = "1.2.826.0.1.3680043.8.498.135792468"
 IDENTIFYING = {
     "PatientName": "Doe^Jane",
     "PatientID": "PID-4711-XYZ",
@@ -47,7 +47,7 @@ IDENTIFYING = {
 """Set in every file written here; none of it may reach a result, an error message or a log."""
 
 LEAK_MARKERS = ["Doe", "Jane", "4711", "19700101", "20240229", "Example Hospital", "House", "Gregory", "998877"]
-"""Pieces of IDENTIFYING that nothing else here contains (the study UID holds 4711 too)."""
+"""Pieces of IDENTIFYING that nothing else here contains (results carry the study UID: it holds none of them)."""
 
 ALLOWED_SOURCE_KEYS = {"format", *FACTS, "frame_used"}
 
