@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Tasks go to the broker of these settings, which may not be the environment's.
         celery = make_celery(settings)
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl, budget_bytes=settings.redis_budget_bytes,
-                                   on_callback_due=first_attempt_sender(celery))
+                                   on_delivery_due=first_attempt_sender(celery))
         app.state.images = images_for(settings, app.state.store)
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
