@@ -165,7 +165,7 @@ def heatmap_capture(header: Dataset, image: ClassifiedImage, png: bytes, *, mode
         series_instance_uid=report_uid(report_id, "capture series"), series_number=CAPTURE_SERIES_NUMBER,
         sop_instance_uid=report_uid(report_id, f"capture of {image.sop_instance_uid}"),
         instance_number=instance_number, manufacturer=MANUFACTURER, series_description=CAPTURE_SERIES_DESCRIPTION,
-        manufacturer_model_name=model_name, software_versions=model_version,
+        manufacturer_model_name=model_name, software_versions=model_version, transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[_equipment(model_name, model_version)])
     source = Dataset()
     source.ReferencedSOPClassUID = image.sop_class_uid

@@ -43,3 +43,25 @@ class Reports:
         """Each report channel asked, with where it goes."""
         return {channel: to for channel, to in zip(REPORT_CHANNELS, (self.dicom_to, self.stow_url), strict=True)
                 if to}
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    """A DICOM node a report is C-STOREd to: `AET@host:port` (DICOM_RESULTS_TO)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "DicomDestination":
+        """ValueError, naming the value, unless it is `AET@host:port` (an AE title of 1-16 characters)."""
+        ae_title, _, address = text.strip().partition("@")
+        host, _, port = address.rpartition(":")
+        if not (0 < len(ae_title.strip()) <= 16 and "\\" not in ae_title and host and port.isdigit()
+                and 0 < int(port) < 65536):
+            raise ValueError(f"{text!r} is not AET@host:port (an AE title of at most 16 characters)")
+        return cls(ae_title.strip(), host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
