@@ -58,6 +58,11 @@ _HEADER_IDENTITY = ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "Se
 reads the modules by that instance's IOD)."""
 
 
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+"""The patient and study elements every object must carry, if only empty (type 2): a modality may leave them out."""
+
+
 class ReportError(ValueError):
     """A report cannot be built from what was given (no image to report, an image without its UIDs)."""
 
@@ -101,6 +106,9 @@ def study_header(dataset: Dataset) -> Dataset:
     for keyword in ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"):
         if keyword not in header:
             raise ReportError(f"the instance has no {keyword}: it names no study to report into")
+    for keyword in _TYPE_2:
+        if keyword not in header:
+            setattr(header, keyword, None)  # present and empty, as the standard allows a sender to leave them
     return header
 
 

@@ -3,7 +3,8 @@ and the DICOM objects its delivery sends (the structured report, and with DICOM_
 capture), built from the job store by pneuradnet/sr.py. The sending is the worker's (worker/reports.py); the
 delivery's state is service/deliveries.py's, as a callback's.
 
-The report's UIDs derive from the batch id: every attempt, to every destination, sends the same instances, which
+A batch opened with explain (DICOM_EXPLAIN) sends a capture of each image that got a heatmap. The report's UIDs
+derive from the batch id: every attempt, to every destination, sends the same instances, which
 a PACS stores once.
 """
 
@@ -20,8 +21,9 @@ from service.settings import Settings
 
 def reports_for(settings: Settings, instance: Dataset) -> Reports | None:
     """What a batch of the study `instance` belongs to asks, as the settings say (DICOM_RESULTS_TO,
-    DICOM_RESULTS_STOW_URL): pass it to JobStore.open_batch. None when reports go nowhere. ReportError when the
-    instance names no study."""
+    DICOM_RESULTS_STOW_URL): pass it to JobStore.open_batch, with explain=settings.dicom_explain (a batch opened
+    with explain sends each image's heatmap capture with its report). None when reports go nowhere. ReportError
+    when the instance names no study."""
     if not (settings.dicom_results_to or settings.dicom_results_stow_url):
         return None
     return Reports(study_header=header_bytes(study_header(instance)), dicom_to=settings.dicom_results_to,

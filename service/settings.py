@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     dicom_results_stow_url: str = ""
     """The STOW-RS URL (`.../studies`) a study's structured report is POSTed to; empty: none."""
     dicom_explain: bool = False
-    """With reports: each image's Grad-CAM heatmap goes with the report, as a secondary capture in its own series."""
+    """Batches of DICOM studies are opened with explain: each image's Grad-CAM heatmap goes with the study's report,
+    as a secondary capture in a series of its own (service/reports.py)."""
 
     port: int = 8000
     log_level: str = "INFO"

@@ -86,7 +86,7 @@ def deliver_report(batch_id: str, channel_name: str, attempts_seen: int) -> None
         return  # another task has it, or it is over
     destination = attempt.fields[f"{channel}_to"]
     try:
-        objects = report_objects(_store(), batch_id, with_captures=settings.dicom_explain)
+        objects = report_objects(_store(), batch_id, with_captures=attempt.fields.get("explain") == "1")
     except ReportError as nothing:
         sent = Sent(Verdict.GIVE_UP, error=f"not sent: {nothing}")
     else:

@@ -90,6 +90,17 @@ def test_the_study_header_keeps_patient_and_study_and_nothing_of_the_image():
     assert len(header_bytes(header)) < 2048
 
 
+def test_an_instance_with_little_more_than_its_uids_is_reported_with_empty_patient_elements():
+    instance = received_instance()
+    for keyword in PATIENT:
+        delattr(instance, keyword)
+
+    report = read(to_bytes(structured_report(study_header(instance), [classified()], model_name="m",
+                                             model_version="1", report_id="d")))
+
+    assert report.StudyInstanceUID == STUDY and report.PatientID == "" and report.PatientBirthDate == ""
+
+
 def test_an_instance_without_a_study_uid_has_no_header():
     instance = received_instance()
     del instance.StudyInstanceUID
