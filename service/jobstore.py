@@ -82,7 +82,7 @@ BUDGET_SHARE_OF_MAXMEMORY = 0.9
 """Share of Redis' maxmemory admission fills at most when REDIS_BUDGET_BYTES is not set: the rest is room for the
 broker's messages and the records of jobs that finish (service/scripts.py, OPEN_BATCH, uses the same share)."""
 
-JOB_RECORD_BYTES = 2048
+JOB_RECORD_BYTES = 3072
 """What a waiting job costs Redis besides its image, counted against the byte budget: its record, its entries in
 the registries and its batch's list, with room to spare (measured: BENCHMARKS.md, "Object store")."""
 
