@@ -14,6 +14,8 @@ from enum import IntEnum
 from tempfile import SpooledTemporaryFile
 from typing import IO
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
@@ -69,6 +71,14 @@ class StowBody:
                     instance.identity.sop_instance_uid, instance.identity.sop_instance_uid.encode(), instance.read,
                     instance.size))
         return plans
+
+    def header_of(self, study_uid: str) -> Dataset:
+        """The header of the study's first instance, without its pixels: its patient and study modules go into
+        the study's report. Blocking."""
+        first = next(instance for instance in self.instances
+                     if instance.identity is not None and instance.identity.study_uid == study_uid)
+        first.file.seek(0)
+        return dcmread(first.file, stop_before_pixels=True)
 
     def close(self) -> None:
         for instance in self.instances:

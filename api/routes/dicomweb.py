@@ -1,12 +1,15 @@
 """DICOMweb STOW-RS in (PS3.18 10.5, Store Instances): a PACS or a script sends instances over HTTP; each study
 becomes a batch, as the DICOM node makes one, and the answer follows PS3.18's Store Instances Response
-(`application/dicom+json`) and names the batches, so the client can follow them with GET /batches/{id}."""
+(`application/dicom+json`) and names the batches, so the client can follow them with GET /batches/{id}. With
+DICOM_RESULTS_TO or DICOM_RESULTS_STOW_URL set, each study's findings go back as a structured report once its
+batch has finished (service/reports.py), with heatmap captures under DICOM_EXPLAIN."""
 
 import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import OwnerDep
 from api.deps import DispatcherDep, ImagesDep, SettingsDep, StoreDep
@@ -16,6 +19,7 @@ from api.stow import FailureReason, Instance, StowBody, read_stow_body, referenc
 from api.submission import choose_lane, submit_batch
 from api.uploads import UploadPlan
 from service.jobstore import Batch
+from service.reports import reports_for
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["dicomweb"], route_class=LargePieceRoute)
@@ -65,11 +69,13 @@ async def _store(request: Request, settings: SettingsDep, store: StoreDep, image
     refusal: ProblemError | None = None
     try:
         for study, plan in body.studies().items():
+            reports = reports_for(settings, await run_in_threadpool(body.header_of, study))
             try:
                 batches[study], _ = await submit_batch(
                     store, images, dispatcher, plan, owner=owner, max_queue=settings.max_queue,
                     lane=choose_lane(len(plan.images), priority=None, interactive_max=settings.interactive_max_images),
-                    chunk_size=_chunk_size(plan, settings.max_batch))
+                    chunk_size=_chunk_size(plan, settings.max_batch), reports=reports,
+                    explain=reports is not None and settings.dicom_explain)
             except ProblemError as refused:
                 if refused.status not in (429, 503):
                     raise

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -23,10 +24,11 @@ from service.jobstore import JobStore, Upload
 from service.queue import make_celery, send_delivery_task
 from service.settings import Settings
 from service.webhooks import CallbackState
-from tests.live_service import TEST_REDIS_URL, enqueue
+from tests.api.test_stow import multipart_related
+from tests.live_service import TEST_REDIS_URL, enqueue, start_api
 from tests.orthanc import AE_TITLE, Orthanc
 from tests.pneuradnet.test_sr import findings
-from tests.processes import wait_until
+from tests.processes import stop, wait_until
 
 pytestmark = pytest.mark.model
 
@@ -74,7 +76,7 @@ def study(radiographs: list[Path], folder: Path, count: int = 3) -> list[Path]:
 
 def store_in_pacs(pacs: Orthanc, paths: list[Path]) -> None:
     """Send the study to Orthanc as a modality does (dcmtk's storescu)."""
-    subprocess.run(["storescu", "-aet", "PNEURADNET", "-aec", AE_TITLE, "127.0.0.1", str(pacs.dicom_port),
+    subprocess.run(["/usr/bin/storescu", "-aet", "PNEURADNET", "-aec", AE_TITLE, "127.0.0.1", str(pacs.dicom_port),
                     *map(str, paths)], check=True, capture_output=True, timeout=60)
 
 
@@ -212,3 +214,26 @@ def test_with_explain_each_heatmap_comes_in_a_series_of_its_own(store, worker_pr
     sources = {dcmread(path).SOPInstanceUID for path in paths}
     assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID in sources
     assert capture.PatientID == "MRN-31337" and "not a diagnosis" in capture.SeriesDescription
+
+
+def test_a_study_sent_by_stow_rs_gets_its_report_back_in_the_pacs(store, worker_process, pacs, radiographs,
+                                                                  tmp_path):
+    paths = study(radiographs, tmp_path, count=2)
+    store_in_pacs(pacs, paths)
+    study_uid = dcmread(paths[0]).StudyInstanceUID
+    api, url = start_api(tmp_path / "api.log", DICOM_RESULTS_TO=pacs.dicom_to)
+    try:
+        body, content_type = multipart_related([path.read_bytes() for path in paths])
+        answer = httpx.post(f"{url}/dicomweb/studies/{study_uid}", content=body,
+                            headers={"Content-Type": content_type}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        (batch_id,) = answer.json()["00091010"]["Value"]
+
+        wait_delivered(store, batch_id, Channel.REPORT_DICOM)
+    finally:
+        stop(api)
+    report = the_report(pacs, study_uid)
+    assert report.PatientID == "MRN-31337"  # filed into the patient's study, from the header the API kept
+    assert set(findings(report)) == set(expected_findings(store, batch_id)) == \
+        {dcmread(path).SOPInstanceUID for path in paths}
+    assert "MRN-31337" not in (tmp_path / "api.log").read_text()
