@@ -65,7 +65,7 @@ const LANGUAGES = ["en", "es"];
 /** The localStorage item that keeps the language chosen with the switch. */
 const LANGUAGE_ITEM = "pneuradnet-language";
 
-const i18n = { language: "en", texts: {}, plurals: null, percent: null, byName: null };
+const i18n = { language: "en", texts: {}, plurals: null, percent: null, byName: null, wanted: "" };
 
 function setLanguage(language, texts) {
   Object.assign(i18n, {
@@ -113,9 +113,17 @@ function wantedLanguage() {
   return LANGUAGES.includes(document.documentElement.lang) ? document.documentElement.lang : LANGUAGES[0];
 }
 
-/** Puts the page in `language`, from its catalogue; everything already shown is written again. */
+/** Puts the page in `language`, from its catalogue; everything already shown is written again. If the catalogue
+ * cannot be fetched, the page stays as it is. */
 async function showLanguage(language) {
-  const texts = await fetchCatalogue(language);
+  i18n.wanted = language;
+  let texts;
+  try {
+    texts = await fetchCatalogue(language);
+  } catch {
+    return;
+  }
+  if (i18n.wanted !== language) return; // another language was chosen while this one was on its way
   setLanguage(language, texts);
   translatePage();
   for (const row of state.rows) row.dirty = true;

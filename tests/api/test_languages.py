@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from api.languages import DEFAULT_LANGUAGE, LANGUAGES, catalogue, choose_language
+from service.notice import DISCLAIMER
 from tests.processes import ROOT
 
 PROBLEM_MAKERS = {"ProblemError": 1, "problem_response": 1, "problem": 0}
@@ -117,6 +118,13 @@ def test_the_spanish_catalogue_is_spanish():
     assert spanish["problem.invalid-image"] == "No es una imagen que el modelo pueda leer."
     same = {key for key, text in catalogue("en").items() if spanish[key] == text}
     assert same <= {"result.zip"}, f"texts left in English: {sorted(same)}"
+
+
+def test_the_pages_notice_in_english_says_what_the_api_says():
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    assert words(catalogue("en")["notice.title"]) == words(DISCLAIMER)
 
 
 def test_the_catalogues_are_served_with_the_page():

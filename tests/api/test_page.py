@@ -492,6 +492,8 @@ def test_a_spanish_browser_sees_the_whole_page_in_spanish(browser, api_url: str,
         expect(page.get_by_role("link", name="Descargar CSV")).to_be_visible()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "page-es.png", full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the Spanish page overflows a phone"
 
 
 def test_the_switch_changes_the_language_and_is_remembered_and_lang_in_the_address_wins(
