@@ -227,7 +227,8 @@ def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: h
     page.screenshot(path=ARTIFACTS / "page-narrow.png", full_page=True)
 
 
-def test_an_explained_upload_shows_its_heatmap_over_the_thumbnail(page: Page, radiographs: list[Path]):
+def test_an_explained_upload_shows_its_heatmap_over_the_thumbnail(page: Page, radiographs: list[Path],
+                                                                   worker_process: subprocess.Popen):
     page.get_by_label("Explain (heatmap)").check()
     with page.expect_response(lambda r: r.url.endswith("/jobs?explain=true") and r.request.method == "POST") as answer:
         page.locator("#file-input").set_input_files([payload(radiographs[-1])])
