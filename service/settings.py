@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0, le=60)
     """Seconds a callback may take to connect, and each send or read of it; the whole attempt at most 3 times it."""
 
+    task_events: bool = True
+    """Workers send Celery's task events (for Flower), off their main loop (service/events.py)."""
+
     port: int = 8000
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
