@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 from celery.app.events import Events
@@ -86,7 +86,7 @@ class EventPublisher:
                 self._drop()
                 log.warning("task events are dropped for %g s: the broker did not take one (%s)",
                             PAUSE_AFTER_FAILURE, error)
-                if producer is not None:
+                if producer is not None and producer.connection is not None:
                     _close_quietly(producer.connection)
                 producer, paused_until = None, time.monotonic() + PAUSE_AFTER_FAILURE
             else:
@@ -132,18 +132,24 @@ def _events_connection(app: Celery) -> Connection:
     return connection
 
 
-class QueuedEventDispatcher(EventDispatcher):  # type: ignore[misc]  # celery-types types it as Any
+class QueuedEventDispatcher(EventDispatcher):
     """Celery's event dispatcher, whose publishing hands the event to this process's EventPublisher."""
+
+    # Set by EventDispatcher.__init__ (celery-types leaves them out).
+    exchange: Exchange
+    headers: dict[str, str]
+    serializer: str
+    delivery_mode: int
 
     def _publish(self, event: Any, producer: Any, routing_key: str, retry: bool = False,
                  retry_policy: Any = None, **_: Any) -> None:
         if producer is None:  # the dispatcher is closed or disabled: Celery sends nothing then either
             return
-        publisher_for(self.app).put(_Event(event, routing_key, self.exchange, self.headers, self.serializer,
-                                           self.delivery_mode))
+        queued = _Event(event, routing_key, self.exchange, self.headers, self.serializer, self.delivery_mode)
+        publisher_for(cast(Celery, self.app)).put(queued)
 
 
-class QueuedEvents(Events):  # type: ignore[misc]
+class QueuedEvents(Events):
     """`app.events` whose dispatcher never publishes on the caller's thread (Celery(events=...))."""
 
     dispatcher_cls = "service.events:QueuedEventDispatcher"

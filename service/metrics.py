@@ -5,8 +5,8 @@ transition script itself. The API turns the hash into Prometheus families at scr
 """
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from service.fairshare import FairShare
 from service.jobstore import JobStatus, JobStore
+from service.problems import PROBLEM_TYPE_PREFIX
 from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,40 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
         log.warning("%d observations of %s are lost: Redis did not take them (%s)", len(values), name, error)
 
 
+FAILURES = "failures:"
+"""Prefix of the metrics hash's failure counters, one per reason: `failures:<problem kind>`."""
+
+
+def count_failures(store: JobStore, errors: Iterable[dict[str, object]]) -> None:
+    """Count failed jobs by reason (their problem's kind), in one round trip; lost and logged if Redis does not take
+    them, like observe()."""
+    reasons = Counter(str(error["type"]).removeprefix(PROBLEM_TYPE_PREFIX) for error in errors)
+    if not reasons:
+        return
+    try:
+        store.add_to_metrics({f"{FAILURES}{reason}": count for reason, count in reasons.items()})
+    except RedisError as error:
+        log.warning("failures by reason are not counted: Redis did not take them (%s)", error)
+
+
+class ReadinessCollector(Collector):
+    """What /readyz says, as a gauge, so that an alert needs no HTTP probe: 1 when Redis answers and a model process
+    is alive, 0 otherwise. Registered apart from StoreCollector, and first: it never raises."""
+
+    def __init__(self, store: JobStore, workers: WorkerRegistry) -> None:
+        self.store = store
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            self.store.ping()
+            ready = self.workers.count() > 0
+        except RedisError:
+            ready = False
+        yield GaugeMetricFamily("pneuradnet_ready", "1 when /readyz answers 200: Redis answers and a model process is "
+                                "alive; else 0", value=1.0 if ready else 0.0)
+
+
 class StoreCollector(Collector):
     """Reads the metrics hash and the registries at each scrape."""
 
@@ -67,6 +102,12 @@ class StoreCollector(Collector):
         for event in ("submitted", *(status.value for status in JobStatus if status is not JobStatus.QUEUED)):
             jobs.add_metric([event], values.get(f"jobs_{event}", 0.0))
         yield jobs
+        failures = CounterMetricFamily("pneuradnet_job_failures", "Jobs that failed, by reason (the kind of their "
+                                       "problem, e.g. invalid-image, job-timeout, worker-lost)", labels=["reason"])
+        for field, count in sorted(values.items()):
+            if field.startswith(FAILURES):
+                failures.add_metric([field.removeprefix(FAILURES)], count)
+        yield failures
         by_lane = self.store.queued_counts()
         yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker", value=sum(by_lane.values()))
         lanes = GaugeMetricFamily("pneuradnet_lane_queue_depth", "Jobs waiting for a worker, by lane",
@@ -74,6 +115,11 @@ class StoreCollector(Collector):
         for lane, waiting in by_lane.items():
             lanes.add_metric([lane.value], waiting)
         yield lanes
+        oldest = GaugeMetricFamily("pneuradnet_oldest_queued_seconds", "How long the job waiting longest in each lane "
+                                   "has waited (on Redis' clock), 0 when none waits", labels=["lane"])
+        for lane, age in self.store.oldest_queued_ages().items():
+            oldest.add_metric([lane.value], age)
+        yield oldest
         yield GaugeMetricFamily("pneuradnet_bulk_keys_waiting", "API keys with bulk work waiting or running",
                                 value=self.fair_share.keys_waiting())
         yield GaugeMetricFamily("pneuradnet_jobs_running", "Jobs a worker holds now", value=self.store.running_count())

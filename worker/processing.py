@@ -23,7 +23,7 @@ from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable, ObjectUnreadable
 from service.jobstore import Job, JobStore
 from service.logs import job_event
-from service.metrics import observe
+from service.metrics import count_failures, observe
 from service.problems import problem
 
 log = logging.getLogger(__name__)
@@ -213,5 +213,6 @@ def _fail(store: JobStore, job: Job, token: str, error: dict) -> list[Job]:
     """Fail the job if this run holds it: [the job] if it failed by it, else []."""
     if not store.fail(job.id, error, holder=token):
         return []
+    count_failures(store, [error])
     job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
     return [job]

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from redis import Redis
 
@@ -327,3 +329,17 @@ def test_the_jobs_of_a_process_known_dead_are_queued_again_whatever_their_lease(
     assert back.status is JobStatus.QUEUED and back.deliveries == 1  # a death counts towards MAX_DELIVERIES
     assert running.status is JobStatus.RUNNING and running.token == "run-2"
     assert store.claim([held.id], token="run-3", lease=LEASE)[0].deliveries == 2
+
+
+def test_the_oldest_queued_job_s_age_is_read_per_lane(store: JobStore):
+    assert store.oldest_queued_ages() == {jobstore.Lane.INTERACTIVE: 0.0, jobstore.Lane.BULK: 0.0}
+    earlier = submit(store, "a.png", "b.png")
+    time.sleep(1.0)
+    submit(store, "c.png")
+
+    ages = store.oldest_queued_ages()
+
+    assert ages[jobstore.Lane.INTERACTIVE] == 0.0
+    assert 1.0 <= ages[jobstore.Lane.BULK] < 5.0  # the first job's, not the newest's
+    store.claim([job.id for job in earlier], token=new_token(), lease=LEASE)
+    assert store.oldest_queued_ages()[jobstore.Lane.BULK] < 1.0  # the job left waiting is the newer one
