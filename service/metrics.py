@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from service.fairshare import FairShare
-from service.jobstore import JobStatus, JobStore
+from service.jobstore import Job, JobStatus, JobStore, Lane
 from service.problems import PROBLEM_TYPE_PREFIX
 from service.workers import WorkerRegistry
 
@@ -53,20 +53,31 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
         log.warning("%d observations of %s are lost: Redis did not take them (%s)", len(values), name, error)
 
 
+FINISHED = "finished:"
+"""Prefix of the counters of jobs a worker's task finished (succeeded or failed), one per lane: `finished:<lane>`."""
 FAILURES = "failures:"
 """Prefix of the metrics hash's failure counters, one per reason: `failures:<problem kind>`."""
+
+
+def count_finished(store: JobStore, jobs: Iterable[Job]) -> None:
+    """Count the jobs a task finished, by lane (the job counters of the transition script have no lane), in one
+    round trip; lost and logged if Redis does not take them, like observe()."""
+    _count(store, FINISHED, Counter(job.lane.value for job in jobs))
 
 
 def count_failures(store: JobStore, errors: Iterable[dict[str, object]]) -> None:
     """Count failed jobs by reason (their problem's kind), in one round trip; lost and logged if Redis does not take
     them, like observe()."""
-    reasons = Counter(str(error["type"]).removeprefix(PROBLEM_TYPE_PREFIX) for error in errors)
-    if not reasons:
+    _count(store, FAILURES, Counter(str(error["type"]).removeprefix(PROBLEM_TYPE_PREFIX) for error in errors))
+
+
+def _count(store: JobStore, prefix: str, counts: Counter[str]) -> None:
+    if not counts:
         return
     try:
-        store.add_to_metrics({f"{FAILURES}{reason}": count for reason, count in reasons.items()})
+        store.add_to_metrics({f"{prefix}{name}": count for name, count in counts.items()})
     except RedisError as error:
-        log.warning("failures by reason are not counted: Redis did not take them (%s)", error)
+        log.warning("%d events of %s* are not counted: Redis did not take them (%s)", counts.total(), prefix, error)
 
 
 class ReadinessCollector(Collector):
@@ -108,6 +119,11 @@ class StoreCollector(Collector):
             if field.startswith(FAILURES):
                 failures.add_metric([field.removeprefix(FAILURES)], count)
         yield failures
+        finished = CounterMetricFamily("pneuradnet_lane_jobs_finished", "Jobs a worker's task finished (succeeded or "
+                                       "failed), by lane", labels=["lane"])
+        for lane in Lane:
+            finished.add_metric([lane.value], values.get(f"{FINISHED}{lane.value}", 0.0))
+        yield finished
         by_lane = self.store.queued_counts()
         yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker", value=sum(by_lane.values()))
         lanes = GaugeMetricFamily("pneuradnet_lane_queue_depth", "Jobs waiting for a worker, by lane",

@@ -23,7 +23,7 @@ from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable, ObjectUnreadable
 from service.jobstore import Job, JobStore
 from service.logs import job_event
-from service.metrics import count_failures, observe
+from service.metrics import count_failures, count_finished, observe
 from service.problems import problem
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, images: JobImages, 
         finished += _classify(prepared, store=store, classifier=classifier, token=token, explainer=explainer,
                               received=received)
     _discard(images, finished)
+    count_finished(store, finished)
 
 
 def _classify(prepared: list[tuple[Job, PreparedImage]], *, store: JobStore, classifier: Classifier, token: str,

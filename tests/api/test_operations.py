@@ -51,6 +51,7 @@ def test_metric_counters_move_with_real_jobs(client: httpx.Client, store: JobSto
     assert moved("pneuradnet_jobs_total", event="succeeded") == 3
     assert moved("pneuradnet_jobs_total", event="failed") == 1
     assert moved("pneuradnet_job_failures_total", reason="invalid-image") == 1
+    assert moved("pneuradnet_lane_jobs_finished_total", lane="interactive") == 4  # 4 images: the interactive lane
     assert moved("pneuradnet_batch_size_count") >= 1
     assert moved("pneuradnet_batch_size_sum") == 3
     assert moved("pneuradnet_queue_wait_seconds_count") == 4
