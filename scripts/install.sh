@@ -34,4 +34,5 @@ if [[ "${1:-}" == "--test" ]]; then
     need_debian /usr/bin/chromium chromium
     need_debian ip iproute2
     need_debian iptables iptables
+    need_debian promtool prometheus  # tests/monitoring/: promtool checks and unit-tests the alert rules
 fi
