@@ -67,6 +67,7 @@ class EventPublisher:
             self._drop()
 
     def _run(self) -> None:
+        connection: Connection | None = None
         producer: Producer | None = None
         paused_until = 0.0
         while True:
@@ -86,9 +87,9 @@ class EventPublisher:
                 self._drop()
                 log.warning("task events are dropped for %g s: the broker did not take one (%s)",
                             PAUSE_AFTER_FAILURE, error)
-                if producer is not None and producer.connection is not None:
-                    _close_quietly(producer.connection)
-                producer, paused_until = None, time.monotonic() + PAUSE_AFTER_FAILURE
+                if connection is not None:
+                    _close_quietly(connection)
+                connection, producer, paused_until = None, None, time.monotonic() + PAUSE_AFTER_FAILURE
             else:
                 self._report_drops()
 
