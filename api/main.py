@@ -14,7 +14,7 @@ from api.docs import install_docs
 from api.limits import BodySizeLimit
 from api.notice import NoticeHeader
 from api.problems import document_problems, install_problem_handlers
-from api.routes import batches, health, jobs, page, predict
+from api.routes import batches, dicomweb, health, jobs, page, predict
 from api.sweeper import sweep_periodically
 from service.connections import connect_async
 from service.deliveries import first_attempt_sender
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Tasks go to the broker of these settings, which may not be the environment's.
         celery = make_celery(settings)
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl, budget_bytes=settings.redis_budget_bytes,
-                                   on_callback_due=first_attempt_sender(celery))
+                                   on_delivery_due=first_attempt_sender(celery))
         app.state.images = images_for(settings, app.state.store)
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     document_problems(app)
     install_docs(app)
-    for module in (jobs, batches, predict, health, page):
+    for module in (jobs, batches, dicomweb, predict, health, page):
         app.include_router(module.router)
     return app
 

@@ -27,3 +27,7 @@ def test_key_formats_are_pinned():
     assert keys.fair_in_flight_key("owner1") == "pneuradnet:fair:in-flight:owner1"
     assert keys.fair_chunks_key("owner1") == "pneuradnet:fair:chunks:owner1"
     assert keys.fair_released_key("c1") == "pneuradnet:fair:released:c1"
+    assert keys.deliveries_due_key("callback") == "pneuradnet:webhooks:due"
+    assert keys.deliveries_due_key("report_dicom") == "pneuradnet:deliveries:due:report_dicom"
+    assert keys.deliveries_due_key("report_stow") == "pneuradnet:deliveries:due:report_stow"
+    assert keys.study_header_key("b1") == "pneuradnet:batch:b1:study-header"
