@@ -19,6 +19,8 @@ from service.settings import Settings
 from tests.live_service import TEST_REDIS_URL
 from tests.processes import ROOT, free_port, stop, wait_until
 
+BULK_IMAGES = 20
+"""A bulk upload (more than INTERACTIVE_MAX_IMAGES) of two tasks: MAX_BATCH (16) images, then 4."""
 FLOWER_USER = "ops:flower-test-password"
 """Flower's API answers only with authentication (or FLOWER_UNAUTHENTICATED_API): basic auth, as in a deployment."""
 
@@ -52,30 +54,38 @@ def flower(tmp_path: Path) -> Iterator[httpx.Client]:
 
 
 @pytest.mark.model
-def test_flower_lists_a_finished_task_with_its_state_and_runtime_and_counts_it(
+def test_flower_lists_the_tasks_of_a_bulk_upload_with_their_state_and_runtime_and_counts_them(
         flower: httpx.Client, client: httpx.Client, radiographs: list[Path]):
-    files = [("files", (path.name, path.read_bytes())) for path in radiographs[:2]]
-    job_ids = [job["id"] for job in client.post("/jobs", files=files).json()["jobs"]]
-    for job_id in job_ids:
-        assert client.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
+    images = [radiographs[n % len(radiographs)] for n in range(BULK_IMAGES)]
+    files = [("files", (f"{n}-{path.name}", path.read_bytes())) for n, path in enumerate(images)]
+    submission = client.post("/jobs", files=files).json()
+    assert submission["lane"] == "bulk"
+    job_ids = {job["id"] for job in submission["jobs"]}
+    batch = client.get(f"/batches/{submission['batch_id']}", params={"wait": 30}).json()
+    assert batch["counts"]["succeeded"] == BULK_IMAGES
 
     def our_tasks() -> list[dict]:
         tasks = flower.get("/api/tasks", params={"taskname": CLASSIFY_TASK}).json().values()
         return [task for task in tasks if any(job_id in (task["args"] or "") for job_id in job_ids)]
 
-    wait_until(lambda: any(task["state"] == "SUCCESS" for task in our_tasks()), timeout=10,
-               what="Flower to list the task as succeeded")
-    (task,) = our_tasks()
-    assert task["name"] == CLASSIFY_TASK and task["worker"].startswith("local-")
-    assert 0 < task["runtime"] < 30
-    assert task["received"] <= task["started"] <= task["succeeded"]
+    wait_until(lambda: len(our_tasks()) >= 2 and all(task["state"] == "SUCCESS" for task in our_tasks()),
+               timeout=10, what="Flower to list the upload's tasks as succeeded")
+    tasks = our_tasks()
+    # Every job of the upload is in the arguments of exactly one task Flower lists.
+    assert sorted(job_id for task in tasks for job_id in job_ids if job_id in task["args"]) == sorted(job_ids)
+    for task in tasks:
+        assert task["name"] == CLASSIFY_TASK and task["worker"].startswith("local-")
+        assert 0 < task["runtime"] < 30
+        assert task["received"] <= task["started"] <= task["succeeded"]
 
-    metrics = {(sample.name, sample.labels.get("type"), sample.labels.get("task")): sample.value
+    worker = tasks[0]["worker"]
+    metrics = {(sample.name, sample.labels.get("type")): sample.value
                for family in text_string_to_metric_families(flower.get("/metrics").text)
-               for sample in family.samples if sample.labels.get("worker") == task["worker"]}
+               for sample in family.samples
+               if sample.labels.get("worker") == worker and sample.labels.get("task") == CLASSIFY_TASK}
     for event in ("task-received", "task-started", "task-succeeded"):
-        assert metrics[("flower_events_total", event, CLASSIFY_TASK)] >= 1
-    assert metrics[("flower_task_runtime_seconds_count", None, CLASSIFY_TASK)] >= 1
+        assert metrics[("flower_events_total", event)] >= len(tasks)
+    assert metrics[("flower_task_runtime_seconds_count", None)] >= len(tasks)
 
 
 def test_sending_events_never_waits_for_a_broker_that_does_not_answer():
