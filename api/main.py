@@ -22,7 +22,7 @@ from service.fairshare import FairShare
 from service.images import images_for
 from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
-from service.metrics import StoreCollector
+from service.metrics import ReadinessCollector, StoreCollector
 from service.queue import make_celery, send_classify_task
 from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
         app.state.fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
+        app.state.metrics.register(ReadinessCollector(app.state.store, app.state.workers))
         app.state.metrics.register(StoreCollector(app.state.store, app.state.workers, app.state.fair_share))
         app.state.async_redis = connect_async(settings.redis_url)
         batcher = EnqueueBatcher(partial(send_classify_task, app=celery, lane=Lane.INTERACTIVE),

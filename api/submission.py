@@ -33,6 +33,7 @@ from service.jobstore import (
 )
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
+from service.metrics import count_failures
 from service.webhooks import Callback
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,12 @@ def _store_chunk(store: JobStore, images: JobImages, batch: Batch, chunk: list[U
     was closed), the images written for them are due for deletion at once."""
     kept = images.keep(batch.id, stored_before, chunk)
     try:
-        return store.add_jobs(batch, kept, stored_before=stored_before)
+        jobs = store.add_jobs(batch, kept, stored_before=stored_before)
     except AdmissionClosed:
         store.owned_images_now_due([upload.location for upload in kept if upload.owned])
         raise
+    count_failures(store, [upload.error for upload in kept if upload.error is not None])  # stored failed
+    return jobs
 
 
 def _store_full(why: str) -> ProblemError:

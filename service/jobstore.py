@@ -491,6 +491,18 @@ class JobStore:
             pipe.zcard(registry)
         return dict(zip(QUEUED_REGISTRIES, pipe.execute(), strict=True))
 
+    def oldest_queued_ages(self) -> dict[Lane, float]:
+        """Seconds the job queued longest ago (submitted, or queued again) has waited in each lane, on Redis' clock;
+        0 for a lane where none waits. In one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        for registry in QUEUED_REGISTRIES.values():
+            pipe.zrange(registry, 0, 0, withscores=True)
+        (seconds, micros), *oldest = pipe.execute()
+        now = seconds + micros / 1_000_000
+        return {lane: max(0.0, now - first[0][1]) if first else 0.0
+                for lane, first in zip(QUEUED_REGISTRIES, oldest, strict=True)}
+
     def running_count(self) -> int:
         return self._redis.zcard(RUNNING_REGISTRY)
 

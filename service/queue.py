@@ -68,7 +68,9 @@ def visibility_timeout(settings: Settings) -> int:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks", "worker.reports"])
+    # Task events go through service/events.py, which never publishes on the worker's main loop.
+    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks", "worker.reports"],
+                 events="service.events:QueuedEvents")
     app.conf.update(
         task_default_queue=BULK_QUEUE,
         # Workers consume both lanes and the callbacks; with the "priority" order, each poll (one BRPOP over the
@@ -126,6 +128,9 @@ def make_celery(settings: Settings) -> Celery:
         # Each pool process loads the model in worker_process_init, which takes longer than Celery's 4 s default.
         worker_proc_alive_timeout=120,
         worker_hijack_root_logger=False,
+        # Workers send task-received, -started, -succeeded and -failed (Flower lists them); the API sends no
+        # task-sent: it would cost every enqueue a second publish, and the queue depth shows what waits.
+        worker_send_task_events=settings.task_events,
     )
     return app
 

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     """Batches of DICOM studies are opened with explain: each image's Grad-CAM heatmap goes with the study's report,
     as a secondary capture in a series of its own (service/reports.py)."""
 
+    task_events: bool = True
+    """Workers send Celery's task events (for Flower), off their main loop (service/events.py)."""
+
     port: int = 8000
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
