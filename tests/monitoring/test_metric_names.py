@@ -4,6 +4,7 @@ dashboard nobody looks at until the night it is needed."""
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -45,18 +46,28 @@ def grouped(expression: str) -> set[str]:
     return {label.strip() for labels in GROUPING.findall(expression) for label in labels.split(",")} - {"", "le"}
 
 
+def exported_metrics(client: httpx.Client) -> dict[str, set[str]]:
+    """Each sample name of /metrics, with its labels."""
+    exported: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            exported.setdefault(sample.name, set()).update(sample.labels)
+    return exported
+
+
 def test_the_dashboard_and_the_rules_name_only_metrics_the_service_exports(client: httpx.Client,
                                                                            radiographs: list[Path]):
     files = [("files", (radiographs[0].name, radiographs[0].read_bytes())), ("files", ("bad.png", b"not an image"))]
     for job in client.post("/jobs", files=files).json()["jobs"]:
         client.get(f"/jobs/{job['id']}", params={"wait": 30})
-    exported: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            exported.setdefault(sample.name, set()).update(sample.labels)
-
     expressions = dashboard_expressions() + rule_expressions()
     wanted = selected(expressions)
+    # A worker counts a failure by reason just after the job's transition, which the client may see first.
+    exported: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 10
+    while set(wanted) - set(exported) and time.monotonic() < deadline:
+        time.sleep(0.1 if exported else 0)
+        exported = exported_metrics(client)
 
     assert len(wanted) >= 15, sorted(wanted)  # the parsing found the metrics
     missing = sorted(set(wanted) - set(exported))
