@@ -4,6 +4,10 @@ registry of its own (service/keys.py, deliveries_due_key)."""
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 class Channel(StrEnum):
@@ -43,6 +47,20 @@ class Reports:
         """Each report channel asked, with where it goes."""
         return {channel: to for channel, to in zip(REPORT_CHANNELS, (self.dicom_to, self.stow_url), strict=True)
                 if to}
+
+
+def reports_asked(instance: "Dataset", *, dicom_to: str, stow_url: str) -> Reports | None:
+    """What a batch of the study `instance` belongs to asks, given where reports go (DICOM_RESULTS_TO,
+    DICOM_RESULTS_STOW_URL): pass it to JobStore.open_batch, with explain=DICOM_EXPLAIN (a batch opened with explain
+    sends each image's heatmap capture with its report). None when reports go nowhere. pneuradnet.sr.ReportError
+    when the instance names no study."""
+    if not (dicom_to or stow_url):
+        return None
+    # Imported on first use: highdicom adds about 20 MB to a process, and only one that receives studies needs it
+    # (the API's other routes never do).
+    from pneuradnet.sr import header_bytes, study_header
+
+    return Reports(study_header=header_bytes(study_header(instance)), dicom_to=dicom_to, stow_url=stow_url)
 
 
 @dataclass(frozen=True)

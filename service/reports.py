@@ -13,21 +13,8 @@ import io
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pneuradnet.sr import ClassifiedImage, ReportError, header_bytes, heatmap_capture, structured_report, study_header
-from service.channels import Reports
+from pneuradnet.sr import ClassifiedImage, ReportError, heatmap_capture, structured_report
 from service.jobstore import JobStatus, JobStore
-from service.settings import Settings
-
-
-def reports_for(settings: Settings, instance: Dataset) -> Reports | None:
-    """What a batch of the study `instance` belongs to asks, as the settings say (DICOM_RESULTS_TO,
-    DICOM_RESULTS_STOW_URL): pass it to JobStore.open_batch, with explain=settings.dicom_explain (a batch opened
-    with explain sends each image's heatmap capture with its report). None when reports go nowhere. ReportError
-    when the instance names no study."""
-    if not (settings.dicom_results_to or settings.dicom_results_stow_url):
-        return None
-    return Reports(study_header=header_bytes(study_header(instance)), dicom_to=settings.dicom_results_to,
-                   stow_url=settings.dicom_results_stow_url)
 
 
 def report_objects(store: JobStore, batch_id: str, *, with_captures: bool) -> list[Dataset]:

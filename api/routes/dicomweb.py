@@ -2,7 +2,7 @@
 becomes a batch, as the DICOM node makes one, and the answer follows PS3.18's Store Instances Response
 (`application/dicom+json`) and names the batches, so the client can follow them with GET /batches/{id}. With
 DICOM_RESULTS_TO or DICOM_RESULTS_STOW_URL set, each study's findings go back as a structured report once its
-batch has finished (service/reports.py), with heatmap captures under DICOM_EXPLAIN."""
+batch has finished (service/reports.py, worker/reports.py), with heatmap captures under DICOM_EXPLAIN."""
 
 import logging
 from typing import Annotated
@@ -18,8 +18,8 @@ from api.problems import ProblemError, problem_responses
 from api.stow import FailureReason, Instance, StowBody, read_stow_body, referenced
 from api.submission import choose_lane, submit_batch
 from api.uploads import UploadPlan
+from service.channels import reports_asked
 from service.jobstore import Batch
-from service.reports import reports_for
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["dicomweb"], route_class=LargePieceRoute)
@@ -69,7 +69,8 @@ async def _store(request: Request, settings: SettingsDep, store: StoreDep, image
     refusal: ProblemError | None = None
     try:
         for study, plan in body.studies().items():
-            reports = reports_for(settings, await run_in_threadpool(body.header_of, study))
+            reports = reports_asked(await run_in_threadpool(body.header_of, study), dicom_to=settings.dicom_results_to,
+                                    stow_url=settings.dicom_results_stow_url)
             try:
                 batches[study], _ = await submit_batch(
                     store, images, dispatcher, plan, owner=owner, max_queue=settings.max_queue,
