@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from redis import Redis
@@ -123,3 +125,19 @@ def test_a_body_that_is_not_multipart_related_is_refused_as_a_problem(client: ht
     assert answer.status_code == 415
     assert answer.headers["content-type"] == "application/problem+json"
     assert "multipart/related" in answer.json()["detail"]
+
+
+def test_dicomweb_clients_store_instances_and_read_the_answer(client: httpx.Client, radiographs: list[Path]):
+    """dicomweb-client, an independent implementation of PS3.18, sends a study and parses the answer."""
+    study = generate_uid()
+    datasets = [dcmread(io.BytesIO(instance(jpeg, study))) for jpeg in radiographs[:2]]
+    web = DICOMwebClient(url=f"{str(client.base_url).rstrip('/')}/dicomweb")
+
+    answer = web.store_instances(datasets, study_instance_uid=study)
+
+    stored = sorted(item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence)
+    assert stored == sorted(dataset.SOPInstanceUID for dataset in datasets)
+    assert "FailedSOPSequence" not in answer
+    batch_id = answer[0x0009, 0x1010].value  # the private element naming the study's batch
+    batch = client.get(f"/batches/{batch_id}", params={"wait": 30}).json()
+    assert batch["counts"]["succeeded"] == 2
