@@ -88,7 +88,9 @@ def test_a_study_becomes_one_batch_classified_as_its_files_uploaded(client: http
         same = client.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["result"]
         assert jobs[f"{sop}.dcm"]["result"]["predictions"] == pytest.approx(same["predictions"], abs=1e-5)
     assert [jobs[f"{sop}.dcm"]["result"]["predicted_class"] for sop in stored] == ["NORMAL", "PNEUMONIA"]
-    for text in (answer.text, str(batch), str(jobs)):
+    csv = client.get(f"/batches/{batch_id}", params={"format": "csv"}).text
+    assert all(f"{sop}.dcm" in csv for sop in stored)
+    for text in (answer.text, str(batch), str(jobs), csv):
         assert not any(value in text for value in ("Doe", "Jane", "4711", "ACC-99817"))
 
 
