@@ -27,3 +27,5 @@ def test_key_formats_are_pinned():
     assert keys.fair_in_flight_key("owner1") == "pneuradnet:fair:in-flight:owner1"
     assert keys.fair_chunks_key("owner1") == "pneuradnet:fair:chunks:owner1"
     assert keys.fair_released_key("c1") == "pneuradnet:fair:released:c1"
+    assert keys.DICOM_STUDIES == "pneuradnet:dicom:studies"
+    assert keys.dicom_study_key("1.2.3") == "pneuradnet:dicom:study:1.2.3"
