@@ -101,6 +101,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per line, with job events as fields (event, job_id, batch_id, status)."""
 
+    dicom_port: int = Field(default=11112, gt=0, lt=65536)
+    """TCP port of the DICOM node (dicomnode/): C-ECHO and C-STORE."""
+    dicom_ae_title: str = Field(default="PNEURADNET", min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")
+    """The node's AE title: what a PACS or modality calls it (1-16 characters, no backslash)."""
+    dicom_allowed_peers: str = ""
+    """Comma-separated `AET` or `AET@host` allowed to send to the node; anyone else is rejected at association.
+    Empty: any peer."""
+    dicom_study_timeout: float = Field(default=30.0, gt=0)
+    """Seconds without a new instance of a study after which its batch closes."""
+
     @field_validator("model_manifest")
     @classmethod
     def _manifest_not_blank(cls, value: str) -> str:

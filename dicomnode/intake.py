@@ -1,0 +1,149 @@
+"""Turning one received instance into a job of its study's batch, and the C-STORE status that says how it went.
+
+An instance is acknowledged (0x0000) only once its job is stored: its image written where images wait (Redis, or
+the object store: service/images.py, as the API writes uploads) and its record queued. Whatever stops that (the
+queue or Redis' byte budget full, Redis or the object store not answering) answers 0xA700, out of resources, and
+leaves nothing behind, so that the sender sends it again later.
+
+Privacy: of the header, only the study's, series' and instance's UIDs are read here; the job is named
+`<SOPInstanceUID>.dcm`, and logs carry UIDs only. The file itself travels as received, to the worker.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from celery import Celery
+from pydicom.uid import UID
+from redis.exceptions import RedisError
+
+from service.dispatch import enqueue_bulk
+from service.fairshare import FairShare, window_for
+from service.images import JobImages
+from service.imagestore import ObjectStoreUnavailable
+from service.jobstore import AdmissionClosed, JobStore, QueueFull, StoreFull, Upload
+from service.logs import job_event
+from service.studies import StudyGroups
+from service.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+"""Refused for now: the sender keeps the instance and sends it again later."""
+CANNOT_UNDERSTAND = 0xC000
+"""Refused for good: the data set lacks what the node needs to file it (its study or instance UID)."""
+
+OWNER_PREFIX = "dicom:"
+"""A node's batches are owned by `dicom:<calling AE title>`: each modality or PACS has its own fair share."""
+
+ATTEMPTS = 2
+"""Batches an instance may try: its study's may close under it once (the reconciler took it for stalled), and the
+next instance opens another."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+
+class UnfileableInstance(Exception):
+    """The data set has no valid study or SOP instance UID."""
+
+
+def identify(path: Path) -> Instance:
+    """The UIDs that file an instance, read from its header alone (nothing else of it is parsed)."""
+    try:
+        dataset = pydicom.dcmread(path, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+                                  stop_before_pixels=True)
+    except Exception as error:  # pydicom fails on a broken header in many ways
+        raise UnfileableInstance("its header cannot be read") from error
+    uids = [UID(str(dataset.get(keyword, ""))) for keyword in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                                  "SOPInstanceUID")]
+    if not (uids[0].is_valid and uids[2].is_valid):
+        raise UnfileableInstance("it has no valid StudyInstanceUID or SOPInstanceUID")
+    return Instance(study_uid=str(uids[0]), series_uid=str(uids[1]) if uids[1].is_valid else "", sop_uid=str(uids[2]))
+
+
+class Intake:
+    def __init__(self, *, store: JobStore, images: JobImages, studies: StudyGroups, fair_share: FairShare,
+                 workers: WorkerRegistry, celery: Celery, max_queue: int, max_batch: int) -> None:
+        self._store = store
+        self._images = images
+        self._studies = studies
+        self._fair_share = fair_share
+        self._workers = workers
+        self._celery = celery
+        self._max_queue = max_queue
+        self._max_batch = max_batch
+
+    def receive(self, path: Path, *, calling_ae_title: str) -> int:
+        """Store the instance received in the file at `path` as a job; the C-STORE status to answer."""
+        try:
+            instance = identify(path)
+        except UnfileableInstance as error:
+            log.warning("an instance from %s was refused: %s", calling_ae_title, error)
+            return CANNOT_UNDERSTAND
+        owner = OWNER_PREFIX + calling_ae_title.strip()
+        try:
+            job_id, batch_id = self._store_job(instance, path.read_bytes(), owner=owner)
+        except (QueueFull, StoreFull, AdmissionClosed, ObjectStoreUnavailable, RedisError) as error:
+            log.warning("instance %s of study %s from %s refused for now (out of resources): %s", instance.sop_uid,
+                        instance.study_uid, calling_ae_title, error)
+            return OUT_OF_RESOURCES
+        job_event(log, "received", job_id, batch_id=batch_id, status="queued")
+        log.info("instance %s of series %s of study %s from %s is job %s of batch %s", instance.sop_uid,
+                 instance.series_uid, instance.study_uid, calling_ae_title, job_id, batch_id)
+        self._dispatch(job_id, owner=owner)
+        return SUCCESS
+
+    def _store_job(self, instance: Instance, data: bytes, *, owner: str) -> tuple[str, str]:
+        """Reserve the job's place in its study's batch, write its image, store its record: (job id, batch id)."""
+        image_bytes = len(data) if self._images.in_redis else 0
+        for attempt in range(ATTEMPTS):
+            batch_id = self._studies.batch_of(instance.study_uid, owner=owner)
+            job_id = str(uuid.uuid4())
+            try:
+                place = self._studies.grow(instance.study_uid, batch_id, job_id=job_id, image_bytes=image_bytes,
+                                           max_queue=self._max_queue)
+            except AdmissionClosed:
+                self._studies.forget(instance.study_uid, batch_id)
+                if attempt + 1 == ATTEMPTS:
+                    raise
+                continue
+            return self._write(batch_id, place, job_id, Upload(f"{instance.sop_uid}.dcm", data),
+                               image_bytes=image_bytes), batch_id
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _write(self, batch_id: str, place: int, job_id: str, upload: Upload, *, image_bytes: int) -> str:
+        try:
+            (kept,) = self._images.keep(batch_id, place, [upload])
+        except BaseException:
+            self._store.shrink_batch(batch_id, job_id=job_id, image_bytes=image_bytes)
+            raise
+        batch = self._store.get_batch(batch_id)
+        if batch is None:
+            raise AdmissionClosed(f"batch {batch_id} expired while its instance was being written")
+        try:
+            self._store.add_jobs(batch, [kept], stored_before=-1, job_ids=[job_id])
+        except AdmissionClosed:  # its admission was closed meanwhile, and counts this job as never admitted
+            self._store.owned_images_now_due([kept.location] if kept.owned else [])
+            raise
+        except BaseException:
+            self._store.shrink_batch(batch_id, job_id=job_id, image_bytes=image_bytes)
+            self._store.owned_images_now_due([kept.location] if kept.owned else [])
+            raise
+        return job_id
+
+    def _dispatch(self, job_id: str, *, owner: str) -> None:
+        """Hand the stored job to its owner's fair share. If the broker does not take it, the job stays queued in
+        the job store, and the reconciler dispatches it again (a job queued with no task): the instance is safe."""
+        try:
+            enqueue_bulk([job_id], owner=owner, fair_share=self._fair_share, window=window_for(self._workers.count()),
+                         max_batch=self._max_batch, app=self._celery)
+        except Exception as error:
+            log.warning("job %s is stored and was not enqueued (%s): the reconciler will dispatch it", job_id, error)
