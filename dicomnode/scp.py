@@ -6,7 +6,9 @@ C-STORE handler only once the whole instance is in: an association holds at most
 memory, and an association aborted mid-instance leaves nothing to store.
 """
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,4 +66,13 @@ def handlers(intake: Intake, peers: PeerAllowList) -> list[tuple[Any, Any]]:
     def on_store(event: evt.Event) -> int:
         return intake.receive(Path(event.dataset_path), calling_ae_title=event.assoc.requestor.ae_title)
 
-    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_STORE, on_store)]
+    def on_close(event: evt.Event) -> None:
+        # An association that ends mid-instance (aborted, its connection lost) leaves the part received in its
+        # temporary file, which pynetdicom deletes only after a C-STORE handler ran (pinned: pynetdicom 3.0).
+        partial = getattr(event.assoc.dimse.message, "_data_set_file", None)
+        if partial is not None:
+            partial.close()
+            with contextlib.suppress(OSError):
+                os.unlink(partial.name)
+
+    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_STORE, on_store), (evt.EVT_CONN_CLOSE, on_close)]

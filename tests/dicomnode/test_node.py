@@ -126,7 +126,9 @@ def test_a_full_queue_or_redis_answers_out_of_resources_and_keeps_nothing(
 
 
 def test_an_association_aborted_mid_instance_leaves_no_job(start_node: StartNode, store: JobStore, tmp_path: Path):
-    node = start_node()
+    received = tmp_path / "received"  # where the node writes instances as they arrive
+    received.mkdir()
+    node = start_node(TMPDIR=str(received))
     large = write(full_size_dx(study_uid=generate_uid(), rows=1500, columns=1200), tmp_path / "large.dcm")
     cutter = CuttingProxy(node.port, after_bytes=1_000_000)
 
@@ -136,7 +138,7 @@ def test_an_association_aborted_mid_instance_leaves_no_job(start_node: StartNode
     assert statuses(cut) == []
     time.sleep(1)
     assert all(batch.total == 0 for batch in batches(store)) and store.queued_count() == 0
-    assert not _keys("pneuradnet:job:*")
+    assert not _keys("pneuradnet:job:*") and list(received.iterdir()) == []  # nor the part received
     assert statuses(node.store(large)) == [SUCCESS]  # the same instance, sent whole, is a job
     assert store.queued_count() + store.running_count() + len(_keys("pneuradnet:job:*")) > 0
 
@@ -203,8 +205,10 @@ class CuttingProxy:
         threading.Thread(target=self._pipe, args=(node, sender, None), daemon=True).start()
         self._pipe(sender, node, self._after)
         self.cut = True
-        for sock in (sender, node, self._listener):
+        for sock in (sender, node):
+            sock.shutdown(socket.SHUT_RDWR)  # both ends see the connection end now
             sock.close()
+        self._listener.close()
 
     @staticmethod
     def _pipe(source: socket.socket, target: socket.socket, limit: int | None) -> None:
