@@ -50,6 +50,7 @@ def main() -> None:
 
     ae = application_entity(settings.dicom_ae_title)
     server = ae.start_server(("0.0.0.0", settings.dicom_port), block=False, evt_handlers=handlers(intake, peers))
+    assert server is not None  # block=False: the server, running on its own thread
     stop = threading.Event()
     closer = threading.Thread(target=close_quiet_studies, args=(studies, stop), kwargs={"interval": CLOSER_INTERVAL},
                               name="study-closer", daemon=True)

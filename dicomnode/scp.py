@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom builds these names at import
@@ -54,9 +53,10 @@ def application_entity(ae_title: str) -> AE:
     return ae
 
 
-def handlers(intake: Intake, peers: PeerAllowList) -> list[tuple[Any, Any]]:
+def handlers(intake: Intake, peers: PeerAllowList) -> list[evt.EventHandlerType]:
     def on_requested(event: evt.Event) -> None:
         requestor = event.assoc.requestor
+        assert requestor.primitive is not None  # the A-ASSOCIATE request this event is about
         calling = requestor.primitive.calling_ae_title  # requestor.ae_title is set only after this event
         if not peers.allows(calling, requestor.address):
             log.warning("association from %s@%s rejected: not in DICOM_ALLOWED_PEERS", calling, requestor.address)
