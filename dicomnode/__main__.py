@@ -71,6 +71,7 @@ def main() -> None:
     # Associations in progress are ended; an instance not acknowledged is the sender's to send again. Studies left
     # open are closed by another node, or by this one when it is back.
     server.shutdown()
+    intake.close()
     closer.join()
     for resource in (studies, fair_share, workers, images, store):
         resource.close()

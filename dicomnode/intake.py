@@ -19,6 +19,7 @@ from celery import Celery
 from pydicom.uid import UID
 from redis.exceptions import RedisError
 
+from dicomnode.gatherer import ChunkGatherer
 from service.dispatch import enqueue_bulk
 from service.fairshare import FairShare, window_for
 from service.images import JobImages
@@ -80,6 +81,11 @@ class Intake:
         self._celery = celery
         self._max_queue = max_queue
         self._max_batch = max_batch
+        self._chunks = ChunkGatherer(self._dispatch, max_batch=max_batch)
+
+    def close(self) -> None:
+        """Send the jobs still gathered (see dicomnode/gatherer.py)."""
+        self._chunks.close()
 
     def receive(self, path: Path, *, calling_ae_title: str) -> int:
         """Store the instance received in the file at `path` as a job; the C-STORE status to answer."""
@@ -98,7 +104,7 @@ class Intake:
         job_event(log, "received", job_id, batch_id=batch_id, status="queued")
         log.info("instance %s of series %s of study %s from %s is job %s of batch %s", instance.sop_uid,
                  instance.series_uid, instance.study_uid, calling_ae_title, job_id, batch_id)
-        self._dispatch(job_id, owner=owner)
+        self._chunks.add(owner, job_id)
         return SUCCESS
 
     def _store_job(self, instance: Instance, data: bytes, *, owner: str) -> tuple[str, str]:
@@ -139,11 +145,12 @@ class Intake:
             raise
         return job_id
 
-    def _dispatch(self, job_id: str, *, owner: str) -> None:
-        """Hand the stored job to its owner's fair share. If the broker does not take it, the job stays queued in
-        the job store, and the reconciler dispatches it again (a job queued with no task): the instance is safe."""
+    def _dispatch(self, owner: str, job_ids: list[str]) -> None:
+        """Hand stored jobs to their owner's fair share. If the broker does not take them, they stay queued in the
+        job store, and the reconciler dispatches them again (jobs queued with no task): the instances are safe."""
         try:
-            enqueue_bulk([job_id], owner=owner, fair_share=self._fair_share, window=window_for(self._workers.count()),
+            enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window_for(self._workers.count()),
                          max_batch=self._max_batch, app=self._celery)
         except Exception as error:
-            log.warning("job %s is stored and was not enqueued (%s): the reconciler will dispatch it", job_id, error)
+            log.warning("%d stored jobs were not enqueued (%s): the reconciler will dispatch them", len(job_ids),
+                        error)
