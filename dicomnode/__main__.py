@@ -29,6 +29,7 @@ def close_quiet_studies(studies: StudyGroups, stop: threading.Event, *, interval
         try:
             for batch_id in studies.close_quiet():
                 log.info("study batch %s closed: no new instance for DICOM_STUDY_TIMEOUT", batch_id)
+            studies.keep_open()
         except Exception as error:  # Redis away: the next look tries again; nothing is lost meanwhile
             log.warning("quiet studies were not closed this time: %s", error)
 

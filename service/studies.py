@@ -3,8 +3,9 @@
 A study is open while its instances keep coming: the first instance opens a batch (total 0, grown by one job per
 instance: JobStore.grow_batch) and names it in `dicom:study:{uid}`; each instance pushes the study's closing time,
 in `dicom:studies`, DICOM_STUDY_TIMEOUT past its arrival. Every node closes, in turn, the studies whose time has
-come and none of whose instances is being stored (`take_quiet`), and keeps the others' admissions alive for the
-reconciler (`keep_open`): if every node dies, the reconciler's stalled-admission rule closes them.
+come and none of whose instances is being stored (`close_quiet`), and keeps the others' admissions alive for the
+reconciler (`keep_open`); the reconciler closes quiet studies too, so that they close with no node left, and its
+stalled-admission rule frees a study whose instance a dead node left half-stored.
 
 An instance never joins a batch whose admission is closing: growing a batch checks, in the same script, that the
 study still names it (JobStore.grow_batch, `only_if`), and taking a quiet study checks that no place of its batch is
@@ -53,8 +54,9 @@ return 1
 class StudyGroups:
     """The open studies of the DICOM node(s), each the batch its instances go to."""
 
-    def __init__(self, url: str, store: JobStore, *, quiet: float) -> None:
-        """`quiet`: DICOM_STUDY_TIMEOUT, the seconds without a new instance after which a study's batch closes."""
+    def __init__(self, url: str, store: JobStore, *, quiet: float = 0.0) -> None:
+        """`quiet`: DICOM_STUDY_TIMEOUT, the seconds without a new instance after which a study's batch closes (what
+        only closes studies, as the reconciler does, needs none)."""
         self._redis = connect(url)
         self._store = store
         self._quiet = quiet
@@ -96,18 +98,21 @@ class StudyGroups:
         self._forget(keys=[dicom_study_key(study_uid), DICOM_STUDIES], args=[batch_id, study_uid])
 
     def close_quiet(self) -> list[str]:
-        """Close the admission of every study quiet for DICOM_STUDY_TIMEOUT, and keep the others' alive (their batches
-        wait for more instances); the ids of the batches closed. Any node may call it at any time: each quiet study
-        is closed by one caller."""
-        now = self._store.redis_now()
+        """Close the admission of every study quiet for DICOM_STUDY_TIMEOUT; the ids of the batches closed. Anyone
+        may call it at any time (the nodes each second, the reconciler at each sweep, in case no node is left): each
+        quiet study is closed by one caller."""
         closed = []
-        for study_uid in cast(list[str], self._redis.zrangebyscore(DICOM_STUDIES, "-inf", now)):
+        for study_uid in cast(list[str], self._redis.zrangebyscore(DICOM_STUDIES, "-inf", self._store.redis_now())):
             batch_id = self._take_quiet(keys=[DICOM_STUDIES, dicom_study_key(study_uid), ADMISSIONS], args=[study_uid])
             if batch_id:
                 self._store.close_admission(batch_id)
                 closed.append(batch_id)
-        waiting = cast(list[str], self._redis.zrangebyscore(DICOM_STUDIES, now, "+inf"))
+        return closed
+
+    def keep_open(self) -> None:
+        """Tell the reconciler the batches of studies within their quiet time are alive (a live node's part): if no
+        node is left to say so, its stalled-admission rule closes those with an instance stuck half-stored."""
+        waiting = cast(list[str], self._redis.zrangebyscore(DICOM_STUDIES, self._store.redis_now(), "+inf"))
         if waiting:
             batch_ids = cast(list[str | None], self._redis.mget([dicom_study_key(uid) for uid in waiting]))
             self._store.keep_admitting([batch_id for batch_id in batch_ids if batch_id])
-        return closed

@@ -99,14 +99,14 @@ def test_a_place_given_back_leaves_the_batch_as_it_was(store: JobStore, studies:
     assert store.get_batch(batch_id).total == 0 and redis.hget(ADMISSIONS, batch_id) is None
 
 
-def test_an_open_study_is_kept_alive_for_the_reconciler_only_while_a_node_closes_studies(store: JobStore,
+def test_an_open_study_is_kept_alive_for_the_reconciler_only_while_a_node_says_so(store: JobStore,
                                                                                         redis: Redis):
     studies = StudyGroups(TEST_REDIS_URL, store, quiet=60)
     batch_id = studies.batch_of("1.2.3", owner="dicom:CT1")
     studies.grow("1.2.3", batch_id, job_id=str(uuid.uuid4()), image_bytes=10, max_queue=100)
     time.sleep(1.1)
 
-    studies.close_quiet()  # a live node's turn: the study waits within its quiet time
+    studies.keep_open()  # a live node's turn: the study waits within its quiet time
     assert batch_id not in store.stalled_admissions(idle_for=1.0)
     time.sleep(1.1)  # no node any more
     assert batch_id in store.stalled_admissions(idle_for=1.0)
