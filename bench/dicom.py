@@ -1,6 +1,6 @@
 """The DICOM node end to end: `.venv/bin/python -m bench.dicom` makes full-size DX instances (2,500 x 3,000,
 16 bits allocated, 12 stored, a VOI window), sends them with dcmtk's storescu over several associations at once to a
-node and a worker it starts (on a Redis database of its own, REDIS_URL's host, database 11), and reports:
+node and a worker it starts (on a Redis database of its own, REDIS_URL's host, database 6), and reports:
 - instances/s and MB/s through the SCP (first association opened to last instance acknowledged);
 - the node's peak RSS;
 - end-to-end classification speed (first instance sent to last job finished) as a ratio to the in-process limit
@@ -31,7 +31,7 @@ from service.settings import Settings
 from tests.dicomnode.instances import full_size_dx, write
 from tests.processes import ROOT, free_port, start_worker, stop, wait_until
 
-DICOM_BENCH_DB = 11
+DICOM_BENCH_DB = 6
 STORESCU = "/usr/bin/storescu"
 """Debian's dcmtk (pynetdicom installs a Python tool of the same name into the venv)."""
 

@@ -10,6 +10,7 @@ Privacy: of the header, only the study's, series' and instance's UIDs are read h
 """
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from service.dispatch import enqueue_bulk
 from service.fairshare import FairShare, window_for
 from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable
-from service.jobstore import AdmissionClosed, JobStore, QueueFull, StoreFull, Upload
+from service.jobstore import AdmissionClosed, JobStore, QueueFull, StoreFull
 from service.logs import job_event
 from service.studies import StudyGroups
 from service.workers import WorkerRegistry
@@ -39,6 +40,11 @@ CANNOT_UNDERSTAND = 0xC000
 
 OWNER_PREFIX = "dicom:"
 """A node's batches are owned by `dicom:<calling AE title>`: each modality or PACS has its own fair share."""
+
+STORING_AT_ONCE = 2
+"""Instances written to the image store at once, whatever the number of associations. Into Redis, an instance goes
+a megabyte at a time; to an object store, whole (its bytes, and the client's copy: 30 MB for a 15 MB DX), so the
+others wait in their temporary files meanwhile."""
 
 ATTEMPTS = 2
 """Batches an instance may try: its study's may close under it once (the reconciler took it for stalled), and the
@@ -82,6 +88,7 @@ class Intake:
         self._max_queue = max_queue
         self._max_batch = max_batch
         self._chunks = ChunkGatherer(self._dispatch, max_batch=max_batch)
+        self._storing = threading.BoundedSemaphore(STORING_AT_ONCE)
 
     def close(self) -> None:
         """Send the jobs still gathered (see dicomnode/gatherer.py)."""
@@ -96,7 +103,8 @@ class Intake:
             return CANNOT_UNDERSTAND
         owner = OWNER_PREFIX + calling_ae_title.strip()
         try:
-            job_id, batch_id = self._store_job(instance, path.read_bytes(), owner=owner)
+            with self._storing:
+                job_id, batch_id = self._store_job(instance, path, owner=owner)
         except (QueueFull, StoreFull, AdmissionClosed, ObjectStoreUnavailable, RedisError) as error:
             log.warning("instance %s of study %s from %s refused for now (out of resources): %s", instance.sop_uid,
                         instance.study_uid, calling_ae_title, error)
@@ -107,9 +115,9 @@ class Intake:
         self._chunks.add(owner, job_id)
         return SUCCESS
 
-    def _store_job(self, instance: Instance, data: bytes, *, owner: str) -> tuple[str, str]:
+    def _store_job(self, instance: Instance, path: Path, *, owner: str) -> tuple[str, str]:
         """Reserve the job's place in its study's batch, write its image, store its record: (job id, batch id)."""
-        image_bytes = len(data) if self._images.in_redis else 0
+        image_bytes = path.stat().st_size if self._images.in_redis else 0
         for attempt in range(ATTEMPTS):
             batch_id = self._studies.batch_of(instance.study_uid, owner=owner)
             job_id = str(uuid.uuid4())
@@ -121,27 +129,28 @@ class Intake:
                 if attempt + 1 == ATTEMPTS:
                     raise
                 continue
-            return self._write(batch_id, place, job_id, Upload(f"{instance.sop_uid}.dcm", data),
+            return self._write(batch_id, place, job_id, f"{instance.sop_uid}.dcm", path,
                                image_bytes=image_bytes), batch_id
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _write(self, batch_id: str, place: int, job_id: str, upload: Upload, *, image_bytes: int) -> str:
+    def _write(self, batch_id: str, place: int, job_id: str, filename: str, path: Path, *, image_bytes: int) -> str:
         try:
-            (kept,) = self._images.keep(batch_id, place, [upload])
+            kept = self._images.keep_file(batch_id, place, job_id, filename, path)
         except BaseException:
+            self._store.forget_image(job_id)  # what was written of it, if anything
             self._store.shrink_batch(batch_id, job_id=job_id, image_bytes=image_bytes)
             raise
-        batch = self._store.get_batch(batch_id)
-        if batch is None:
-            raise AdmissionClosed(f"batch {batch_id} expired while its instance was being written")
         try:
+            batch = self._store.get_batch(batch_id)
+            if batch is None:
+                raise AdmissionClosed(f"batch {batch_id} expired while its instance was being written")
             self._store.add_jobs(batch, [kept], stored_before=-1, job_ids=[job_id])
         except AdmissionClosed:  # its admission was closed meanwhile, and counts this job as never admitted
-            self._store.owned_images_now_due([kept.location] if kept.owned else [])
+            self._images.forget_file(job_id, kept)
             raise
         except BaseException:
             self._store.shrink_batch(batch_id, job_id=job_id, image_bytes=image_bytes)
-            self._store.owned_images_now_due([kept.location] if kept.owned else [])
+            self._images.forget_file(job_id, kept)
             raise
         return job_id
 

@@ -8,7 +8,7 @@ never disagree.
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -214,6 +214,9 @@ class Upload:
     """The s3:// object that holds the image, if not Redis: written there by the service (`owned`), or named by
     the client (a submission by reference)."""
     owned: bool = False
+    written: int = 0
+    """Bytes of the image already in Redis at its job's image_key, written in pieces by write_image (a DICOM
+    instance received into a file): add_jobs leaves them as they are."""
 
 
 class JobStore:
@@ -312,7 +315,8 @@ class JobStore:
         # The images go in as plain SETs ahead of the script, in the same round trip: handed to the script, each
         # would be copied into Lua and back out, which doubled Redis' time to store a 109 MB archive (0.4 s).
         for job, upload in zip(jobs, uploads, strict=True):
-            if upload.error is None and not upload.location:  # an empty file too: its job fails as such
+            # An empty file too (its job fails as such); not an image written in pieces already.
+            if upload.error is None and not upload.location and not upload.written:
                 pipe.set(image_key(job.id), upload.data, ex=self.ttl)
         self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
@@ -425,6 +429,23 @@ class JobStore:
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
         return cast(list[str], self._redis.lrange(batch_jobs_key(batch_id), start, stop))  # a decoding client
+
+    def write_image(self, job_id: str, pieces: Iterable[bytes]) -> int:
+        """Write a job's image into Redis a piece at a time, before add_jobs stores the job (with Upload.written),
+        so that a large file is never whole in this process's memory; the bytes written. It expires with JOB_TTL if
+        its job is never stored."""
+        written = 0
+        for piece in pieces:
+            if written == 0:
+                self._raw.set(image_key(job_id), piece, ex=self.ttl)
+            else:  # at its offset, not appended: a piece sent again (a retry) lands where it did
+                self._raw.setrange(image_key(job_id), written, piece)
+            written += len(piece)
+        return written
+
+    def forget_image(self, job_id: str) -> None:
+        """Delete an image write_image wrote for a job that will not be stored."""
+        self._raw.delete(image_key(job_id))
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """The uploaded bytes of each job, in order, in one round trip; None where they are gone."""
@@ -671,7 +692,7 @@ def _job_of(batch: Batch, upload: Upload, job_id: str) -> Job:
 
 def _bytes_in_redis(upload: Upload) -> int:
     """What an upload's image takes in Redis: its bytes, unless it is unreadable or kept in an object store."""
-    return len(upload.data) if upload.error is None and not upload.location else 0
+    return len(upload.data) + upload.written if upload.error is None and not upload.location else 0
 
 
 def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

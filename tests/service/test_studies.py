@@ -8,7 +8,7 @@ import pytest
 from redis import Redis
 
 from service.jobstore import AdmissionClosed, JobStatus, JobStore, QueueFull, Upload
-from service.keys import ADMISSIONS
+from service.keys import ADMISSION_BYTES, ADMISSIONS
 from service.studies import StudyGroups
 from tests.live_service import TEST_REDIS_URL
 
@@ -116,3 +116,20 @@ def test_an_open_study_is_kept_alive_for_the_reconciler_only_while_a_node_says_s
 def test_the_status_of_a_job_in_a_growing_batch_is_queued(store: JobStore, studies: StudyGroups):
     job_id = arrive(store, studies, "1.2.3", "a.dcm")
     assert store.get_job(job_id).status is JobStatus.QUEUED and store.queued_count() == 1
+
+
+def test_an_image_written_in_pieces_is_its_job_s_and_frees_the_bytes_reserved(store: JobStore, studies: StudyGroups,
+                                                                              redis: Redis):
+    data = bytes(range(256)) * 10_000  # 2.56 MB, written a megabyte at a time
+    batch_id = studies.batch_of("1.2.3", owner="dicom:CR1")
+    job_id = str(uuid.uuid4())
+    studies.grow("1.2.3", batch_id, job_id=job_id, image_bytes=len(data), max_queue=100)
+    assert int(redis.hget(ADMISSION_BYTES, batch_id)) > len(data)
+
+    pieces = [data[start:start + 1_000_000] for start in range(0, len(data), 1_000_000)]
+    written = store.write_image(job_id, pieces)
+    store.add_jobs(store.get_batch(batch_id), [Upload("a.dcm", b"", written=written)], stored_before=-1,
+                   job_ids=[job_id])
+
+    assert written == len(data) and store.images([job_id]) == [data]
+    assert redis.hget(ADMISSION_BYTES, batch_id) is None and redis.hget(ADMISSIONS, batch_id) is None
