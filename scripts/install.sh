@@ -34,4 +34,5 @@ if [[ "${1:-}" == "--test" ]]; then
     need_debian /usr/bin/chromium chromium
     need_debian ip iproute2
     need_debian iptables iptables
+    need_debian /usr/bin/storescu dcmtk  # the DICOM node's tests send with dcmtk's echoscu and storescu
 fi
