@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
@@ -26,7 +27,7 @@ from service.jobstore import JobStatus, JobStore
 from tests.dicomnode.conftest import Node, batches, statuses
 from tests.dicomnode.instances import PATIENT, full_size_dx, grayscale, instance, radiograph_instance, write
 from tests.live_service import TEST_REDIS_URL
-from tests.processes import wait_until
+from tests.processes import stop, wait_until
 
 StartNode = Callable[..., Node]
 
@@ -74,6 +75,25 @@ def test_a_study_sent_over_two_associations_is_one_batch_classified_as_over_http
         assert job.result["predicted_class"] == reference["result"]["predicted_class"]
         assert job.result["predictions"] == pytest.approx(reference["result"]["predictions"], abs=1e-5)
     assert [job.result["predicted_class"] for job in jobs] == ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"]
+
+
+def test_a_study_over_two_nodes_and_a_restart_is_one_batch(start_node: StartNode, store: JobStore,
+                                                            radiographs: list[Path], tmp_path: Path):
+    study = generate_uid()
+    files = [write(radiograph_instance(radiographs[n], study_uid=study), tmp_path / f"{n}.dcm") for n in range(3)]
+    first, second = start_node(DICOM_STUDY_TIMEOUT="6"), start_node(DICOM_STUDY_TIMEOUT="6")
+
+    assert statuses(first.store(files[0])) == statuses(second.store(files[1])) == [SUCCESS]
+    stop(first.process)  # a node restarts mid-study: what it acknowledged is in Redis
+    assert statuses(start_node(DICOM_STUDY_TIMEOUT="6").store(files[2])) == [SUCCESS]
+
+    (batch,) = batches(store)
+    assert batch.total == 3 and batch.growing
+    wait_until(lambda: not store.get_batch(batch.id).growing, timeout=30, what="the study to close")
+    closed = store.get_batch(batch.id)
+    assert closed.total == 3 and closed.interrupted == 0
+    assert sorted(job.filename for job in store.get_jobs(store.batch_job_ids(batch.id))) == sorted(
+        f"{dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm" for path in files)
 
 
 def test_a_peer_not_allowed_is_rejected_at_association(start_node: StartNode):
