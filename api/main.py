@@ -14,7 +14,7 @@ from api.docs import install_docs
 from api.limits import BodySizeLimit
 from api.notice import NoticeHeader
 from api.problems import document_problems, install_problem_handlers
-from api.routes import batches, health, jobs, page, predict
+from api.routes import batches, dicomweb, health, jobs, page, predict
 from api.sweeper import sweep_periodically
 from service.connections import connect_async
 from service.deliveries import first_attempt_sender
@@ -22,7 +22,7 @@ from service.fairshare import FairShare
 from service.images import images_for
 from service.jobstore import JobStore, Lane
 from service.logs import configure_logging
-from service.metrics import StoreCollector
+from service.metrics import ReadinessCollector, StoreCollector
 from service.queue import make_celery, send_classify_task
 from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
@@ -38,11 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Tasks go to the broker of these settings, which may not be the environment's.
         celery = make_celery(settings)
         app.state.store = JobStore(settings.redis_url, ttl=settings.job_ttl, budget_bytes=settings.redis_budget_bytes,
-                                   on_callback_due=first_attempt_sender(celery))
+                                   on_delivery_due=first_attempt_sender(celery))
         app.state.images = images_for(settings, app.state.store)
         app.state.workers = WorkerRegistry(settings.redis_url)
         app.state.metrics = CollectorRegistry(auto_describe=False)
         app.state.fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
+        app.state.metrics.register(ReadinessCollector(app.state.store, app.state.workers))
         app.state.metrics.register(StoreCollector(app.state.store, app.state.workers, app.state.fair_share))
         app.state.async_redis = connect_async(settings.redis_url)
         batcher = EnqueueBatcher(partial(send_classify_task, app=celery, lane=Lane.INTERACTIVE),
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     document_problems(app)
     install_docs(app)
-    for module in (jobs, batches, predict, health, page):
+    for module in (jobs, batches, dicomweb, predict, health, page):
         app.include_router(module.router)
     return app
 

@@ -141,6 +141,10 @@ class BatchPublic(BaseModel):
     next_page_token: str | None
     callback: CallbackPublic | None = None
     """Only for a batch submitted with callback_url."""
+    reports: dict[str, CallbackPublic] | None = None
+    """Only for a batch of a DICOM study with reports: the delivery of its structured report to each destination
+    (`report_dicom`: C-STORE to DICOM_RESULTS_TO; `report_stow`: STOW-RS to DICOM_RESULTS_STOW_URL); `skipped` when no
+    image was classified."""
     notice: str = DISCLAIMER
 
 

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api.dispatch import Dispatcher
 from api.problems import ProblemError
 from api.uploads import UploadPlan
+from service.channels import Reports
 from service.faults import fault_point
 from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable
@@ -32,6 +33,7 @@ from service.jobstore import (
 )
 from service.keys import batch_channel, job_channel
 from service.logs import job_event
+from service.metrics import count_failures
 from service.webhooks import Callback
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,8 @@ def choose_lane(image_count: int, *, priority: Lane | None, interactive_max: int
 
 async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatcher, plan: UploadPlan, *, owner: str,
                        max_queue: int, lane: Lane, chunk_size: int, idempotency: str | None = None,
-                       explain: bool = False, callback: Callback | None = None) -> tuple[Batch, list[Job]]:
+                       explain: bool = False, callback: Callback | None = None,
+                       reports: Reports | None = None) -> tuple[Batch, list[Job]]:
     """Admit a request's images as a batch, a chunk at a time: each chunk is stored, then enqueued, while the next
     is read, so the first chunk runs while the rest is still being admitted.
 
@@ -80,7 +83,7 @@ async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatche
     try:
         batch, created = await run_in_threadpool(partial(
             store.open_batch, total=len(plan.images), owner=owner, idempotency=idempotency, fingerprint=fingerprint,
-            explain=explain, lane=lane, max_queue=max_queue, callback=callback,
+            explain=explain, lane=lane, max_queue=max_queue, callback=callback, reports=reports,
             image_bytes=sum(image.size for image in plan.images) if images.in_redis else 0))
     except IdempotencyConflict as conflict:
         raise ProblemError(422, "idempotency-conflict", str(conflict)) from conflict
@@ -156,10 +159,12 @@ def _store_chunk(store: JobStore, images: JobImages, batch: Batch, chunk: list[U
     was closed), the images written for them are due for deletion at once."""
     kept = images.keep(batch.id, stored_before, chunk)
     try:
-        return store.add_jobs(batch, kept, stored_before=stored_before)
+        jobs = store.add_jobs(batch, kept, stored_before=stored_before)
     except AdmissionClosed:
         store.owned_images_now_due([upload.location for upload in kept if upload.owned])
         raise
+    count_failures(store, [upload.error for upload in kept if upload.error is not None])  # stored failed
+    return jobs
 
 
 def _store_full(why: str) -> ProblemError:

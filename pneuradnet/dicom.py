@@ -6,7 +6,9 @@ and compressed transfer syntaxes are decoded by the pylibjpeg plugins that come 
 Privacy: only the header elements in _READ are parsed at all; everything else (the patient's name and IDs,
 dates, institution, physicians, accession number, ...) is skipped unread, so it cannot reach a log, an error
 message or a result. Of what is read, only the FACTS leave this module, and pydicom's value validation is off
-while it reads (its warnings quote the value). No message of pydicom's is passed on.
+while it reads (its warnings quote the value). No message of pydicom's is passed on. The FACTS include the study,
+series and SOP instance UIDs: they name the objects (a structured report must reference the image it is about,
+pneuradnet/sr.py), not the patient.
 """
 
 import io
@@ -33,8 +35,14 @@ FACTS = {
     "frames": "NumberOfFrames",
     "photometric_interpretation": "PhotometricInterpretation",
     "bits_stored": "BitsStored",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "sop_class_uid": "SOPClassUID",
 }
 """Result key -> DICOM keyword: the only header values a result carries. An allow-list: none identifies anyone."""
+
+_UID_FACTS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
 
 FRAME_USED = 1
 """Which frame of a multi-frame file is classified, numbered from 1 as DICOM numbers frames."""
@@ -46,7 +54,7 @@ _PIXEL_MODULE = (
 )
 _MODALITY_LUT = ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence")
 _VOI_LUT = ("VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction")
-_READ = ["SOPClassUID", *FACTS.values(), *_PIXEL_MODULE, *_MODALITY_LUT, *_VOI_LUT]
+_READ = [*FACTS.values(), *_PIXEL_MODULE, *_MODALITY_LUT, *_VOI_LUT]
 """The only elements parsed; pydicom skips every other one without reading its value."""
 
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -55,6 +63,9 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 """DICOM's CS value representation: what a modality or view position must look like to be reported."""
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+"""DICOM's UI value representation (at most 64 characters): what a UID must look like to be reported."""
 
 
 def decode_dicom(data: bytes, *, max_pixels: int, max_side: int,
@@ -90,7 +101,8 @@ def facts(dataset: Dataset) -> dict[str, str | int | None]:
     found: dict[str, str | int | None] = {"format": "DICOM"}
     for key, keyword in FACTS.items():
         try:
-            found[key] = _plain(dataset.get(keyword))
+            value = dataset.get(keyword)
+            found[key] = _uid(value) if keyword in _UID_FACTS else _plain(value)
         except (TypeError, ValueError):  # e.g. a Number of Frames that is not a number
             found[key] = None
     found["frames"] = found["frames"] or 1  # Number of Frames is absent from single-frame files
@@ -255,3 +267,8 @@ def _plain(value: object) -> str | int | None:
     if isinstance(value, str) and _CODE_STRING.fullmatch(value.strip()):
         return value.strip()
     return None
+
+
+def _uid(value: object) -> str | None:
+    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    return text if len(text) <= 64 and _UID.fullmatch(text) else None

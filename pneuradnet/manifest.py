@@ -8,9 +8,9 @@ import importlib.metadata
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from pneuradnet.errors import ModelFileError, ModelManifestError
 
@@ -19,6 +19,11 @@ MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 MODEL_CACHE_DIR = MANIFESTS_DIR.parent / ".cache" / "models"
 """Where converted models are kept unless the caller names another folder."""
+
+LanguageTag = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
+"""A BCP 47 language tag as browsers send them, primary language in lower case: `es`, `en`, `pt-BR`."""
+
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class Resize(StrEnum):
@@ -71,12 +76,24 @@ class ModelManifest(BaseModel):
     explain_layer: str | None = Field(default=None, pattern=r"^[^/]+(/[^/]+)*$")
     """The convolutional layer Grad-CAM explains (pneuradnet.explain): its name, or a path such as
     `xception/block14_sepconv2_act` for a layer inside a nested model; None: the model cannot be explained."""
+    display_names: dict[LanguageTag, dict[str, DisplayName]] = Field(default_factory=dict)
+    """How people reading a language see the labels, e.g. {"es": {"PNEUMONIA": "Neumonía"}}; a label without a
+    name in a language is shown as it is. Only for display: results, CSVs and the API keep the labels."""
     source: Path | None = Field(default=None, exclude=True)  # the manifest file, for relative paths
 
     @model_validator(mode="after")
     def _labels_are_unique(self) -> "ModelManifest":
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {list(self.labels)}")
+        return self
+
+    @model_validator(mode="after")
+    def _display_names_name_labels(self) -> "ModelManifest":
+        for language, names in self.display_names.items():
+            unknown = sorted(set(names) - set(self.labels))
+            if unknown:
+                raise ValueError(f"display_names.{language} names {unknown}, which are not labels of the model "
+                                 f"(labels: {list(self.labels)})")
         return self
 
     def with_input_size(self, height: int, width: int) -> "ModelManifest":

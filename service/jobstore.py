@@ -17,6 +17,7 @@ from typing import Any, cast
 from redis.client import Pipeline
 
 from service import scripts
+from service.channels import REPORT_CHANNELS, Channel, Reports
 from service.connections import connect
 from service.keys import (
     ADMISSION_BYTES,
@@ -31,11 +32,13 @@ from service.keys import (
     batch_channel,
     batch_jobs_key,
     batch_key,
+    deliveries_due_key,
     heatmap_key,
     idempotency_key,
     image_key,
     job_channel,
     job_key,
+    study_header_key,
 )
 from service.webhooks import Callback, CallbackStatus
 
@@ -79,7 +82,7 @@ BUDGET_SHARE_OF_MAXMEMORY = 0.9
 """Share of Redis' maxmemory admission fills at most when REDIS_BUDGET_BYTES is not set: the rest is room for the
 broker's messages and the records of jobs that finish (service/scripts.py, OPEN_BATCH, uses the same share)."""
 
-JOB_RECORD_BYTES = 2048
+JOB_RECORD_BYTES = 3072
 """What a waiting job costs Redis besides its image, counted against the byte budget: its record, its entries in
 the registries and its batch's list, with room to spare (measured: BENCHMARKS.md, "Object store")."""
 
@@ -188,6 +191,8 @@ class Batch:
     """Images of the upload never stored because admission was cut short (its API died): `total` leaves them out."""
     callback: CallbackStatus | None = None
     """The callback asked at submission (callback_url) and how its delivery goes; None without one."""
+    reports: dict[Channel, CallbackStatus] | None = None
+    """The reports asked at intake (open_batch's `reports`), by channel, and how each delivery goes; None without."""
     growing: bool = False
     """Its size is not known yet: it grows as its images arrive (grow_batch, a DICOM study) until its admission
     closes."""
@@ -223,13 +228,13 @@ class JobStore:
     """Synchronous access to jobs and batches in the Redis at `url`."""
 
     def __init__(self, url: str, *, ttl: int, budget_bytes: int = 0,
-                 on_callback_due: Callable[[str], None] | None = None) -> None:
+                 on_delivery_due: Callable[[str, Channel], None] | None = None) -> None:
         """`budget_bytes`: REDIS_BUDGET_BYTES, the most Redis may hold before admission refuses (0: 90% of Redis'
-        maxmemory, if it has one). `on_callback_due(batch_id)` is called after a transition of this store finished
-        a batch with a callback (service/deliveries.py): it sends the delivery task. Without it, the reconciler
-        sends it."""
+        maxmemory, if it has one). `on_delivery_due(batch_id, channel)` is called after a step of this store made
+        a batch's delivery due (its callback, or a report: service/deliveries.py): it sends the delivery task.
+        Without it, the reconciler sends it."""
         self._redis = connect(url)
-        self._on_callback_due = on_callback_due
+        self._on_delivery_due = on_delivery_due
         # Image bytes must come back as bytes, so they are read on a client that does not decode.
         self._raw = connect(url, decode=False)
         # Counters must not be sent twice (add_to_metrics); everything else the store writes is safe to repeat.
@@ -266,7 +271,8 @@ class JobStore:
 
     def open_batch(self, *, total: int, owner: str = "", idempotency: str | None = None, fingerprint: str = "",
                    explain: bool = False, lane: Lane = Lane.BULK, max_queue: int | None = None,
-                   callback: Callback | None = None, image_bytes: int = 0) -> tuple[Batch, bool]:
+                   callback: Callback | None = None, image_bytes: int = 0,
+                   reports: Reports | None = None) -> tuple[Batch, bool]:
         """Open a batch of `total` jobs, to be stored with add_jobs as their images are read, and reserve their
         places in the queue and their bytes in Redis (`image_bytes`: the images it will keep there); (the batch,
         True).
@@ -277,22 +283,29 @@ class JobStore:
         queue, counting places reserved by batches still being admitted, raises QueueFull, and one that would take
         Redis past its byte budget StoreFull: nothing is stored then. With a `callback`, the batch's summary is
         POSTed to it once every job has finished (service/deliveries.py); a repeat with another callback is another
-        submission.
+        submission. With `reports`, the study's structured report goes to each of its destinations once every job
+        has finished and the admission is closed (service/reports.py); its study header is kept with the batch.
         """
         if callback is not None and fingerprint:
             fingerprint = hashlib.sha256(f"{fingerprint} {callback.url}".encode()).hexdigest()
         created_at = now_iso()
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=total, owner=owner,
                       counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: total}, lane=lane,
-                      explain=explain, callback=CallbackStatus.pending() if callback is not None else None)
+                      explain=explain, callback=CallbackStatus.pending() if callback is not None else None,
+                      reports={channel: CallbackStatus.pending() for channel in reports.destinations()}
+                      if reports is not None else None)
+        destinations = reports.destinations() if reports is not None else {}
         answer = self._open_batch(
             keys=[batch_key(batch.id),
                   idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),
-                  QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS, ADMISSION_BYTES],
+                  QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS, ADMISSION_BYTES,
+                  study_header_key(batch.id)],
             args=[-1 if max_queue is None else max_queue, self.ttl, created_at, owner, "1" if explain else "0",
                   lane.value, batch.id, total, fingerprint if idempotency is not None else "",
                   *(("", "", "") if callback is None else (callback.url, *callback.links(batch.id))),
-                  image_bytes + JOB_RECORD_BYTES * total, self._budget_bytes])
+                  image_bytes + JOB_RECORD_BYTES * total, self._budget_bytes,
+                  *(destinations.get(channel, "") for channel in REPORT_CHANNELS),
+                  reports.study_header if reports is not None else ""])
         if answer[0] == "repeat":
             assert idempotency is not None
             return self._repeat(json.loads(answer[1]), fingerprint, idempotency), False
@@ -380,9 +393,28 @@ class JobStore:
         cut short and the batch keeps the jobs it has (its idempotency key is freed then). No job is added to it
         afterwards. The number of jobs never admitted."""
         remembered = cast(str | None, self._redis.hget(batch_key(batch_id), "idempotency_key"))  # a decoding client
-        return int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS, WEBHOOKS_DUE,
-                                               remembered or batch_key(batch_id), ADMISSION_BYTES],
-                                         args=[batch_id, now_iso()]))
+        missing = int(self._close_admission(keys=[batch_key(batch_id), ADMISSIONS, WEBHOOKS_DUE,
+                                                  remembered or batch_key(batch_id), ADMISSION_BYTES,
+                                                  *map(deliveries_due_key, REPORT_CHANNELS)],
+                                            args=[batch_id, now_iso()]))
+        self._announce_reports_due(batch_id)
+        return missing
+
+    def study_header(self, batch_id: str) -> bytes | None:
+        """The study header the batch was opened with (Reports.study_header); None without, or once it expired."""
+        return cast(bytes | None, self._raw.get(study_header_key(batch_id)))  # the raw client: bytes
+
+    def _announce_reports_due(self, batch_id: str) -> None:
+        """Tell on_delivery_due of the batch's reports that are due and not yet attempted: closing the admission
+        made them due if every job had finished before. A task sent twice makes its attempt once."""
+        if self._on_delivery_due is None:
+            return
+        fields = [f"{channel}_{name}" for channel in REPORT_CHANNELS for name in ("state", "attempts", "due_at")]
+        values = cast(list[str | None], self._redis.hmget(batch_key(batch_id), fields))
+        for index, channel in enumerate(REPORT_CHANNELS):
+            state, attempts, due_at = values[3 * index:3 * index + 3]
+            if state == "pending" and attempts == "0" and due_at:
+                self._on_delivery_due(batch_id, channel)
 
     def stalled_admissions(self, *, idle_for: float) -> list[str]:
         """Batches still being admitted that stored nothing for `idle_for` seconds (their API died), or have
@@ -424,6 +456,8 @@ class JobStore:
                      counts={status: int(fields.get(status.value, 0)) for status in JobStatus},
                      lane=Lane(fields.get("lane", Lane.BULK)), explain=fields.get("explain") == "1",
                      interrupted=int(fields.get("interrupted", 0)), callback=CallbackStatus.of(fields),
+                     reports={channel: status for channel in REPORT_CHANNELS
+                              if (status := CallbackStatus.of(fields, channel)) is not None} or None,
                      growing=fields.get("open_ended") == "1" and "admitting_at" in fields)
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
@@ -525,6 +559,18 @@ class JobStore:
         for registry in QUEUED_REGISTRIES.values():
             pipe.zcard(registry)
         return dict(zip(QUEUED_REGISTRIES, pipe.execute(), strict=True))
+
+    def oldest_queued_ages(self) -> dict[Lane, float]:
+        """Seconds the job queued longest ago (submitted, or queued again) has waited in each lane, on Redis' clock;
+        0 for a lane where none waits. In one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        for registry in QUEUED_REGISTRIES.values():
+            pipe.zrange(registry, 0, 0, withscores=True)
+        (seconds, micros), *oldest = pipe.execute()
+        now = seconds + micros / 1_000_000
+        return {lane: max(0.0, now - first[0][1]) if first else 0.0
+                for lane, first in zip(QUEUED_REGISTRIES, oldest, strict=True)}
 
     def running_count(self) -> int:
         return self._redis.zcard(RUNNING_REGISTRY)
@@ -635,10 +681,14 @@ class JobStore:
         return moved
 
     def _settle(self, answers: list[list[Any]]) -> list[bool]:
-        """Whether each transition moved its job; on_callback_due hears of each batch a transition finished."""
+        """Whether each transition moved its job; on_delivery_due hears of each delivery a transition made due."""
         for answer in answers:
-            if len(answer) > 2 and answer[2] and self._on_callback_due is not None:
-                self._on_callback_due(answer[2])
+            if len(answer) < 3 or self._on_delivery_due is None:
+                continue
+            if answer[2]:
+                self._on_delivery_due(answer[2], Channel.CALLBACK)
+            for channel in answer[4].split(",") if len(answer) > 4 else ():
+                self._on_delivery_due(answer[3], Channel(channel))
         return [bool(answer[0]) for answer in answers]
 
     def _batch_ids(self, job_ids: Sequence[str]) -> list[str]:
@@ -659,7 +709,8 @@ class JobStore:
         pairs = [item for pair in (fields or {}).items() for item in pair]
         self._transition(
             keys=[job_key(job_id), image_key(job_id), QUEUED_REGISTRIES[Lane.BULK], RUNNING_REGISTRY, METRICS,
-                  batch_key(batch_id), QUEUED_REGISTRIES[Lane.INTERACTIVE], WEBHOOKS_DUE, IMAGES_OWNED],
+                  batch_key(batch_id), QUEUED_REGISTRIES[Lane.INTERACTIVE], WEBHOOKS_DUE, IMAGES_OWNED,
+                  *map(deliveries_due_key, REPORT_CHANNELS)],
             args=[job_id, allowed, target.value, token, holder, dead_process, lease, job_channel(job_id),
                   batch_channel(batch_id), *pairs],
             client=pipe,

@@ -39,6 +39,11 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
                         its job finishes (service/imagestore.py; the worker and the reconciler delete them)
 - `admissions:bytes`    hash: batch id -> bytes of Redis still reserved for the batch's jobs not yet stored (the
                         byte budget: service/scripts.py, OPEN_BATCH)
+- `deliveries:due:{channel}`  sorted set: the same as `webhooks:due`, for each report channel (`report_dicom`,
+                        `report_stow`: service/channels.py); the callbacks' registry keeps its older name
+- `batch:{id}:study-header`  string: a small Part-10 DICOM file, the patient and study modules of one instance of
+                        the batch's study (pneuradnet/sr.py, study_header), kept to write its report; patient data,
+                        so only DICOM bytes, expiring with the batch
 - `fair:released:{request}`  string: JSON {"run", "released"}: what a fair-share step released (a chunk's finish,
                         named by the chunk; an admission, by its own id), so that its repeat answers the same and a
                         second run of the chunk's task releases nothing
@@ -117,6 +122,15 @@ def fair_in_flight_key(owner: str) -> str:
 
 def fair_chunks_key(owner: str) -> str:
     return f"{PREFIX}:fair:chunks:{owner}"
+
+
+def deliveries_due_key(channel: str) -> str:
+    """The due registry of a delivery channel (service/channels.py)."""
+    return WEBHOOKS_DUE if channel == "callback" else f"{PREFIX}:deliveries:due:{channel}"
+
+
+def study_header_key(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}:study-header"
 
 
 def fair_released_key(request: str) -> str:

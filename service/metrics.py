@@ -5,15 +5,16 @@ transition script itself. The API turns the hash into Prometheus families at scr
 """
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from service.fairshare import FairShare
-from service.jobstore import JobStatus, JobStore
+from service.jobstore import Job, JobStatus, JobStore, Lane
+from service.problems import PROBLEM_TYPE_PREFIX
 from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,51 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
         log.warning("%d observations of %s are lost: Redis did not take them (%s)", len(values), name, error)
 
 
+FINISHED = "finished:"
+"""Prefix of the counters of jobs a worker's task finished (succeeded or failed), one per lane: `finished:<lane>`."""
+FAILURES = "failures:"
+"""Prefix of the metrics hash's failure counters, one per reason: `failures:<problem kind>`."""
+
+
+def count_finished(store: JobStore, jobs: Iterable[Job]) -> None:
+    """Count the jobs a task finished, by lane (the job counters of the transition script have no lane), in one
+    round trip; lost and logged if Redis does not take them, like observe()."""
+    _count(store, FINISHED, Counter(job.lane.value for job in jobs))
+
+
+def count_failures(store: JobStore, errors: Iterable[dict[str, object]]) -> None:
+    """Count failed jobs by reason (their problem's kind), in one round trip; lost and logged if Redis does not take
+    them, like observe()."""
+    _count(store, FAILURES, Counter(str(error["type"]).removeprefix(PROBLEM_TYPE_PREFIX) for error in errors))
+
+
+def _count(store: JobStore, prefix: str, counts: Counter[str]) -> None:
+    if not counts:
+        return
+    try:
+        store.add_to_metrics({f"{prefix}{name}": count for name, count in counts.items()})
+    except RedisError as error:
+        log.warning("%d events of %s* are not counted: Redis did not take them (%s)", counts.total(), prefix, error)
+
+
+class ReadinessCollector(Collector):
+    """What /readyz says, as a gauge, so that an alert needs no HTTP probe: 1 when Redis answers and a model process
+    is alive, 0 otherwise. Registered apart from StoreCollector, and first: it never raises."""
+
+    def __init__(self, store: JobStore, workers: WorkerRegistry) -> None:
+        self.store = store
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            self.store.ping()
+            ready = self.workers.count() > 0
+        except RedisError:
+            ready = False
+        yield GaugeMetricFamily("pneuradnet_ready", "1 when /readyz answers 200: Redis answers and a model process is "
+                                "alive; else 0", value=1.0 if ready else 0.0)
+
+
 class StoreCollector(Collector):
     """Reads the metrics hash and the registries at each scrape."""
 
@@ -67,6 +113,17 @@ class StoreCollector(Collector):
         for event in ("submitted", *(status.value for status in JobStatus if status is not JobStatus.QUEUED)):
             jobs.add_metric([event], values.get(f"jobs_{event}", 0.0))
         yield jobs
+        failures = CounterMetricFamily("pneuradnet_job_failures", "Jobs that failed, by reason (the kind of their "
+                                       "problem, e.g. invalid-image, job-timeout, worker-lost)", labels=["reason"])
+        for field, count in sorted(values.items()):
+            if field.startswith(FAILURES):
+                failures.add_metric([field.removeprefix(FAILURES)], count)
+        yield failures
+        finished = CounterMetricFamily("pneuradnet_lane_jobs_finished", "Jobs a worker's task finished (succeeded or "
+                                       "failed), by lane", labels=["lane"])
+        for lane in Lane:
+            finished.add_metric([lane.value], values.get(f"{FINISHED}{lane.value}", 0.0))
+        yield finished
         by_lane = self.store.queued_counts()
         yield GaugeMetricFamily("pneuradnet_queue_depth", "Jobs waiting for a worker", value=sum(by_lane.values()))
         lanes = GaugeMetricFamily("pneuradnet_lane_queue_depth", "Jobs waiting for a worker, by lane",
@@ -74,6 +131,11 @@ class StoreCollector(Collector):
         for lane, waiting in by_lane.items():
             lanes.add_metric([lane.value], waiting)
         yield lanes
+        oldest = GaugeMetricFamily("pneuradnet_oldest_queued_seconds", "How long the job waiting longest in each lane "
+                                   "has waited (on Redis' clock), 0 when none waits", labels=["lane"])
+        for lane, age in self.store.oldest_queued_ages().items():
+            oldest.add_metric([lane.value], age)
+        yield oldest
         yield GaugeMetricFamily("pneuradnet_bulk_keys_waiting", "API keys with bulk work waiting or running",
                                 value=self.fair_share.keys_waiting())
         yield GaugeMetricFamily("pneuradnet_jobs_running", "Jobs a worker holds now", value=self.store.running_count())

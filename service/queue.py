@@ -33,6 +33,7 @@ CONSUMED_QUEUES = (INTERACTIVE_QUEUE, WEBHOOK_QUEUE, BULK_QUEUE)
 
 CLASSIFY_TASK = "pneuradnet.classify"
 DELIVER_TASK = "pneuradnet.deliver_callback"
+REPORT_TASK = "pneuradnet.deliver_report"
 
 HARD_LIMIT_MARGIN = 10
 """Seconds past JOB_TIMEOUT after which a task's process is killed rather than asked to stop."""
@@ -67,7 +68,9 @@ def visibility_timeout(settings: Settings) -> int:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
+    # Task events go through service/events.py, which never publishes on the worker's main loop.
+    app = Celery("pneuradnet", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks", "worker.reports"],
+                 events="service.events:QueuedEvents")
     app.conf.update(
         task_default_queue=BULK_QUEUE,
         # Workers consume both lanes and the callbacks; with the "priority" order, each poll (one BRPOP over the
@@ -125,6 +128,9 @@ def make_celery(settings: Settings) -> Celery:
         # Each pool process loads the model in worker_process_init, which takes longer than Celery's 4 s default.
         worker_proc_alive_timeout=120,
         worker_hijack_root_logger=False,
+        # Workers send task-received, -started, -succeeded and -failed (Flower lists them); the API sends no
+        # task-sent: it would cost every enqueue a second publish, and the queue depth shows what waits.
+        worker_send_task_events=settings.task_events,
     )
     return app
 
@@ -138,11 +144,16 @@ def send_classify_task(job_ids: Sequence[str], *, app: Celery, lane: Lane = Lane
                   queue=QUEUES[lane])
 
 
-def send_delivery_task(batch_id: str, attempts_seen: int, *, app: Celery, countdown: float | None = None) -> None:
-    """Enqueue an attempt at a batch's callback delivery (service/deliveries.py), at once or `countdown` seconds on;
-    `attempts_seen`, the attempts made so far, lets only one task of those sent for one attempt make it."""
+def send_delivery_task(batch_id: str, attempts_seen: int, *, app: Celery, countdown: float | None = None,
+                       channel: str = "callback") -> None:
+    """Enqueue an attempt at one of a batch's deliveries (service/deliveries.py; a channel of service/channels.py),
+    at once or `countdown` seconds on; `attempts_seen`, the attempts made so far, lets only one task of those sent
+    for one attempt make it. Reports go on the callbacks' queue: an attempt takes a worker seconds at most."""
     _refuse_if_injected()
-    app.send_task(DELIVER_TASK, args=[batch_id, attempts_seen], queue=WEBHOOK_QUEUE, countdown=countdown)
+    if channel == "callback":
+        app.send_task(DELIVER_TASK, args=[batch_id, attempts_seen], queue=WEBHOOK_QUEUE, countdown=countdown)
+    else:
+        app.send_task(REPORT_TASK, args=[batch_id, channel, attempts_seen], queue=WEBHOOK_QUEUE, countdown=countdown)
 
 
 def _refuse_if_injected() -> None:

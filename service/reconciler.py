@@ -26,9 +26,10 @@ run) sweeps:
    their worker did not delete (it died, or the store did not answer), are deleted (service/images.py).
 8. **DICOM studies.** A study no instance came for in DICOM_STUDY_TIMEOUT has its batch's admission closed, as
    the nodes do (service/studies.py): here for when no node is left to.
-9. **Callbacks.** A batch's callback due for RESEND_AFTER with nothing done about it (its task was lost, its
-   worker died mid-request, or its retry is too far off to wait on the broker) gets a delivery task
-   (service/deliveries.py); of the tasks sent for one attempt, one makes it.
+9. **Callbacks and reports.** A batch's callback or report (each channel of service/channels.py) due for
+   RESEND_AFTER with nothing done about it (its task was lost, its worker died mid-request, or its retry is too far
+   off to wait on the broker) gets a delivery task (service/deliveries.py); of the tasks sent for one attempt, one
+   makes it.
 
 Every time compared is Redis' own (`TIME`), never this host's: the processes that wrote them run on other hosts.
 """
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from service.broker import messages_in_broker
+from service.channels import Channel
 from service.connections import connect
 from service.deliveries import Deliveries
 from service.dispatch import enqueue_bulk, send_bulk_chunks
@@ -78,7 +80,7 @@ class Sweep:
     images_deleted: int = 0
     """Images the service wrote to the object store, deleted because their jobs finished or expired."""
     callbacks: int = 0
-    """Callback delivery tasks sent for deliveries overdue."""
+    """Delivery tasks (callbacks and reports) sent for deliveries overdue."""
     studies_closed: int = 0
     """DICOM studies quiet for their timeout whose batch's admission was closed."""
 
@@ -142,11 +144,15 @@ class Reconciler:
         self._release_stalled(owners)
 
         images_deleted = self._discard_images()
-        overdue = self._deliveries.overdue()
-        for batch_id, attempts in overdue.items():
-            send_delivery_task(batch_id, attempts, app=self._celery)
+        resent = 0
+        for channel in Channel:
+            overdue = self._deliveries.overdue(channel=channel)
+            for batch_id, attempts in overdue.items():
+                send_delivery_task(batch_id, attempts, app=self._celery, channel=channel)
+            resent += len(overdue)
         return Sweep(expired=expired, chunks_put_back=put_back, requeued=len(abandoned), redispatched=len(stranded),
-                     images_deleted=images_deleted, callbacks=len(overdue), studies_closed=studies_closed)
+                     images_deleted=images_deleted, callbacks=resent,
+                     studies_closed=studies_closed)
 
     def _discard_images(self) -> int:
         try:

@@ -54,8 +54,43 @@ local function mark_callback_due(batch, due_registry, seed, finished_at)
 end
 """
 
+_MARK_REPORTS_DUE = """
+-- A batch's reports (service/reports.py) are due when every job has finished and its admission is closed (no job
+-- can join it any more): the one step that sees both, a transition or the admission's close, records it once per
+-- channel (HSETNX of <channel>_due_at) and puts the batch in that channel's due registry. A batch none of whose
+-- images succeeded has nothing to report: its channels are marked skipped, with why. `channels` and `registries`
+-- go in step (service/channels.py, REPORT_CHANNELS). Returns the channels made due, comma-separated ('' none).
+local function mark_reports_due(batch, channels, registries)
+  if redis.call('HEXISTS', batch, 'admitting_at') == 1 then return '' end
+  local b = redis.call('HMGET', batch, 'succeeded', 'failed', 'canceled', 'total')
+  local finished = (tonumber(b[1]) or 0) + (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0)
+  if finished ~= tonumber(b[4]) then return '' end
+  local t = redis.call('TIME')
+  local at = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local batch_id = string.match(batch, '([^:]+)$')
+  local marked = {}
+  for i, channel in ipairs(channels) do
+    if redis.call('HGET', batch, channel .. '_state') == 'pending'
+        and redis.call('HSETNX', batch, channel .. '_due_at', at) == 1 then
+      if (tonumber(b[1]) or 0) == 0 then
+        redis.call('HSET', batch, channel .. '_state', 'skipped', channel .. '_last_error',
+                   'no image of the batch was classified: there is no report to send')
+      else
+        redis.call('HSET', batch, channel .. '_delivery', string.sub(redis.sha1hex(batch .. channel), 1, 32))
+        redis.call('ZADD', registries[i], at, batch_id)
+        table.insert(marked, channel)
+      end
+    end
+  end
+  return table.concat(marked, ',')
+end
+"""
 
-TRANSITION = ALLOW_OOM + _MARK_CALLBACK_DUE + """
+REPORT_CHANNELS_LUA = "{'report_dicom', 'report_stow'}"
+"""service/channels.py's REPORT_CHANNELS, as the scripts name them."""
+
+
+TRANSITION = ALLOW_OOM + _MARK_CALLBACK_DUE + _MARK_REPORTS_DUE + """
 -- Moves one job to a new status, if the state machine allows it from the status it is in and the job's lease allows
 -- this mover. A running job is leased: its entry in the running registry is scored by the end of its lease, and its
 -- `token` names the claim that holds it. Only the holder moves it, or anyone once the lease is over (its worker is
@@ -66,6 +101,7 @@ TRANSITION = ALLOW_OOM + _MARK_CALLBACK_DUE + """
 -- KEYS[4] running registry  KEYS[5] metrics hash     KEYS[6] the job's batch hash (it may have expired)
 -- KEYS[7] interactive lane's queued registry          KEYS[8] callbacks' due registry
 -- KEYS[9] the images the service wrote to the object store (location -> when it may be deleted)
+-- KEYS[10], KEYS[11] the report channels' due registries (report_dicom, report_stow)
 -- ARGV[1] job id            ARGV[2] allowed current statuses, as ",queued,running,"
 -- ARGV[3] target status     ARGV[4] the mover's token: a claim's own (it becomes the holder), a request's own id
 -- ARGV[5] the holder's token, when the holder makes the move: only a job it holds moves ('': not the holder)
@@ -73,8 +109,9 @@ TRANSITION = ALLOW_OOM + _MARK_CALLBACK_DUE + """
 -- ARGV[7] the lease, in seconds, of a move to running
 -- ARGV[8] job channel       ARGV[9] batch channel
 -- ARGV[10..] field, value pairs to set on the job hash
--- Returns {1, status before, batch id if this move made the batch's callback due else ''} when moved,
--- {0, current status or ''} when not (gone, not allowed, or leased to another).
+-- Returns {1, status before, batch id if this move made the batch's callback due else ''} when moved, and when it
+-- made reports due too {..., the batch id, the report channels made due, comma-separated}; {0, current status or
+-- ''} when not moved (gone, not allowed, or leased to another).
 local current = redis.call('HMGET', KEYS[1], 'status', 'token', 'worker')
 local status, token, worker = current[1], current[2], current[3]
 if not status then return {0, ''} end
@@ -118,10 +155,12 @@ else
 end
 redis.call('HINCRBY', KEYS[5], 'jobs_' .. target, 1)
 redis.call('PUBLISH', ARGV[8], target)
-local due = ''
+local due, reports_due = '', ''
 if batch_exists and target ~= 'running' and target ~= 'queued' then
   due = mark_callback_due(KEYS[6], KEYS[8], ARGV[1], redis.call('HGET', KEYS[1], 'finished_at'))
+  reports_due = mark_reports_due(KEYS[6], """ + REPORT_CHANNELS_LUA + """, {KEYS[10], KEYS[11]})
 end
+if reports_due ~= '' then return {1, status, due, string.match(KEYS[6], '([^:]+)$'), reports_due} end
 return {1, status, due}
 """
 
@@ -156,6 +195,8 @@ OPEN_BATCH = NOW + _ROOM + """
 -- ARGV[6] lane   ARGV[7] batch id   ARGV[8] its number of jobs   ARGV[9] the idempotency fingerprint ('' without
 -- a key)   ARGV[10] callback URL ('' without one)   ARGV[11] the batch's URL   ARGV[12] its CSV's URL
 -- ARGV[13] the bytes the batch will store in Redis   ARGV[14] the byte budget (0: 90% of Redis' maxmemory, if any)
+-- KEYS[7] the batch's study header   ARGV[15] where its report goes by C-STORE ('' nowhere)   ARGV[16] by STOW-RS
+-- ('' nowhere)   ARGV[17] the study header (DICOM bytes; '' without reports)
 -- The idempotency key holds JSON {batch_id, fingerprint, state}: state `admitting` until the batch's admission
 -- closes with every job stored, then `admitted` (CLOSE_ADMISSION).
 -- Returns {'created'} (also to a repeat of this very call), {'repeat', what the idempotency key holds},
@@ -175,6 +216,13 @@ if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'callback_url', ARGV[10], 'callback_batch_url', ARGV[11], 'callback_csv_url', ARGV[12],
              'callback_state', 'pending', 'callback_attempts', 0)
 end
+for i, channel in ipairs(""" + REPORT_CHANNELS_LUA + """) do
+  if ARGV[14 + i] ~= '' then
+    redis.call('HSET', KEYS[1], channel .. '_to', ARGV[14 + i], channel .. '_state', 'pending',
+               channel .. '_attempts', 0)
+  end
+end
+if ARGV[17] ~= '' then redis.call('SET', KEYS[7], ARGV[17], 'EX', ARGV[2]) end
 if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[1], 'idempotency_key', KEYS[2])
   redis.call('SET', KEYS[2], cjson.encode({batch_id = ARGV[7], fingerprint = ARGV[9], state = 'admitting'}),
@@ -247,13 +295,14 @@ mark_callback_due(KEYS[1], KEYS[6], ARGV[4], ARGV[2])  -- every job of the batch
 return 'added'
 """
 
-CLOSE_ADMISSION = ALLOW_OOM + _MARK_CALLBACK_DUE + """
+CLOSE_ADMISSION = ALLOW_OOM + _MARK_CALLBACK_DUE + _MARK_REPORTS_DUE + """
 -- Ends a batch's admission: its remaining reserved places are freed, and no job is added to it afterwards. A batch
 -- whose admission was cut short (its API died, or gave up) keeps the jobs it has: its total becomes what was
 -- admitted, so it can finish, and it says so; its idempotency key is freed, so that the client's retry is admitted
 -- anew rather than answered with part of its upload. A batch admitted whole marks its idempotency key so.
 -- KEYS[1] batch hash   KEYS[2] admissions hash   KEYS[3] callbacks' due registry
 -- KEYS[4] the batch's idempotency key (the batch hash again when it has none)   KEYS[5] admissions' bytes
+-- KEYS[6], KEYS[7] the report channels' due registries (report_dicom, report_stow)
 -- ARGV[1] batch id   ARGV[2] now (ISO 8601)
 -- Returns the number of jobs that were never admitted.
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -270,6 +319,7 @@ redis.call('HDEL', KEYS[1], 'admitting_at')
 if redis.call('HGET', KEYS[1], 'open_ended') == '1' then
   mark_callback_due(KEYS[1], KEYS[3], ARGV[1], ARGV[2])  -- a batch that grew as it arrived ends only now
 end
+mark_reports_due(KEYS[1], """ + REPORT_CHANNELS_LUA + """, {KEYS[6], KEYS[7]})  -- its jobs may all have finished
 if KEYS[4] ~= KEYS[1] then
   local remembered = redis.call('GET', KEYS[4])
   if remembered then

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pneuradnet.images import MAX_ASPECT_RATIO, MIN_SIDE, ShapeLimits
 from pneuradnet.manifest import MODEL_CACHE_DIR
+from service.channels import DicomDestination
 from service.imagestore import ObjectLocation, parse_sources
 from service.webhooks import HostPattern, parse_host_patterns
 
@@ -99,6 +100,17 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0, le=60)
     """Seconds a callback may take to connect, and each send or read of it; the whole attempt at most 3 times it."""
 
+    dicom_results_to: str = ""
+    """`AET@host:port` a study's structured report is C-STOREd to (service/channels.py); empty: none."""
+    dicom_results_stow_url: str = ""
+    """The STOW-RS URL (`.../studies`) a study's structured report is POSTed to; empty: none."""
+    dicom_explain: bool = False
+    """Batches of DICOM studies are opened with explain: each image's Grad-CAM heatmap goes with the study's report,
+    as a secondary capture in a series of its own (service/reports.py)."""
+
+    task_events: bool = True
+    """Workers send Celery's task events (for Flower), off their main loop (service/events.py)."""
+
     port: int = 8000
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -140,6 +152,20 @@ class Settings(BaseSettings):
     def _host_patterns_valid(cls, value: str) -> str:
         parse_host_patterns(value)  # a malformed pattern stops the service at start, with the entry named
         return value
+
+    @field_validator("dicom_results_to")
+    @classmethod
+    def _dicom_destination_valid(cls, value: str) -> str:
+        if value.strip():
+            DicomDestination.parse(value)  # a malformed one stops the service at start, with the value named
+        return value.strip()
+
+    @field_validator("dicom_results_stow_url")
+    @classmethod
+    def _stow_url_valid(cls, value: str) -> str:
+        if value.strip() and not value.strip().startswith(("http://", "https://")):
+            raise ValueError(f"DICOM_RESULTS_STOW_URL {value!r} is not an http(s) URL")
+        return value.strip()
 
     @model_validator(mode="after")
     def _callbacks_signed(self) -> "Settings":

@@ -140,6 +140,8 @@ class CallbackState(StrEnum):
     """The receiver answered 2xx."""
     FAILED = "failed"
     """Given up: the receiver answered 3xx or 4xx, or WEBHOOK_MAX_AGE passed while it did not answer 2xx."""
+    SKIPPED = "skipped"
+    """A report with nothing to send: no image of the batch was classified (service/reports.py)."""
 
 
 @dataclass(frozen=True)
@@ -164,16 +166,19 @@ class CallbackStatus:
         return cls(state=CallbackState.PENDING, attempts=0)
 
     @classmethod
-    def of(cls, fields: Mapping[str, str]) -> "CallbackStatus | None":
-        """From a batch hash's fields; None for a batch submitted without callback_url."""
-        if "callback_url" not in fields:
+    def of(cls, fields: Mapping[str, str], channel: str = "callback") -> "CallbackStatus | None":
+        """From a batch hash's `<channel>_*` fields (service/channels.py: a report's delivery is kept as the
+        callback's is); None for a batch that did not ask for that channel."""
+        if f"{channel}_state" not in fields:
             return None
-        return cls(state=CallbackState(fields.get("callback_state", CallbackState.PENDING)),
-                   attempts=int(fields.get("callback_attempts", 0)),
-                   delivery_id=fields.get("callback_delivery") or None,
-                   last_status=int(fields["callback_last_status"]) if fields.get("callback_last_status") else None,
-                   last_error=fields.get("callback_last_error") or None,
-                   next_attempt_at=float(fields["callback_next_at"]) if fields.get("callback_next_at") else None)
+        field = {name: fields.get(f"{channel}_{name}") or None
+                 for name in ("state", "attempts", "delivery", "last_status", "last_error", "next_at")}
+        return cls(state=CallbackState(field["state"] or CallbackState.PENDING),
+                   attempts=int(field["attempts"] or 0),
+                   delivery_id=field["delivery"],
+                   last_status=int(field["last_status"]) if field["last_status"] else None,
+                   last_error=field["last_error"],
+                   next_attempt_at=float(field["next_at"]) if field["next_at"] else None)
 
 
 def payload(fields: Mapping[str, str], *, batch_id: str, notice: str) -> dict[str, Any]:

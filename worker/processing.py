@@ -23,7 +23,7 @@ from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable, ObjectUnreadable
 from service.jobstore import Job, JobStore
 from service.logs import job_event
-from service.metrics import observe
+from service.metrics import count_failures, count_finished, observe
 from service.problems import problem
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, images: JobImages, 
         finished += _classify(prepared, store=store, classifier=classifier, token=token, explainer=explainer,
                               received=received)
     _discard(images, finished)
+    count_finished(store, finished)
 
 
 def _classify(prepared: list[tuple[Job, PreparedImage]], *, store: JobStore, classifier: Classifier, token: str,
@@ -213,5 +214,6 @@ def _fail(store: JobStore, job: Job, token: str, error: dict) -> list[Job]:
     """Fail the job if this run holds it: [the job] if it failed by it, else []."""
     if not store.fail(job.id, error, holder=token):
         return []
+    count_failures(store, [error])
     job_event(log, "failed", job.id, batch_id=job.batch_id, status="failed", detail=error["detail"])
     return [job]

@@ -76,7 +76,7 @@ class ProcessResources:
 def load_resources(settings: Settings) -> ProcessResources:
     """Load the model, warm it up, and announce this process in the worker registry."""
     store = JobStore(settings.redis_url, ttl=settings.job_ttl, budget_bytes=settings.redis_budget_bytes,
-                     on_callback_due=first_attempt_sender(celery_app))
+                     on_delivery_due=first_attempt_sender(celery_app))
     images = images_for(settings, store)
     registry = WorkerRegistry(settings.redis_url)
     fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)

@@ -76,6 +76,8 @@ def _page(store: JobStore, batch: Batch, offset: int, page_size: int) -> BatchPu
     following = offset + page_size
     return BatchPublic(id=batch.id, created_at=batch.created_at, total=batch.total, lane=batch.lane,
                        counts=batch.counts, callback=CallbackPublic.of(batch.callback) if batch.callback else None,
+                       reports={channel.value: CallbackPublic.of(status) for channel, status in batch.reports.items()}
+                       if batch.reports else None,
                        jobs=[JobPublic.of(job) for job in jobs],
                        next_page_token=str(following) if following < batch.total else None)
 

@@ -26,22 +26,16 @@ const DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
 const PART_OVERHEAD_BYTES = 1024;
 
 const FINISHED = new Set(["succeeded", "failed", "canceled", "expired"]);
-const STATUS_TEXT = {
-  uploading: "Uploading",
-  queued: "Queued",
-  running: "Running",
-  succeeded: "Done",
-  failed: "Failed",
-  canceled: "Canceled",
-  expired: "Expired",
-};
+/** The order of the counts in the progress line. */
+const PROGRESS_ORDER = ["running", "queued", "uploading", "succeeded", "failed", "expired", "canceled"];
 const STATUS_RANK = { failed: 0, expired: 0, canceled: 1, uploading: 2, queued: 2, running: 2, succeeded: 3 };
 
 /** What the page must know of the service's settings: index.html carries them (filled in by api/routes/page.py). */
 const service = readServiceSettings();
 
-const percent = new Intl.NumberFormat(undefined, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
-const byName = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+/** Names of the model's labels per language, as its manifest gives them: { model name: { language: { label: name } } }
+ * (filled in by api/routes/page.py). A label without one is shown as it is. */
+const displayNames = readDisplayNames();
 
 function readServiceSettings() {
   const data = document.body.dataset;
@@ -53,12 +47,150 @@ function readServiceSettings() {
   };
 }
 
+function readDisplayNames() {
+  try {
+    return JSON.parse(document.body.dataset.displayNames) || {};
+  } catch {
+    return {}; // a page served without its settings
+  }
+}
+
+// --- Languages -------------------------------------------------------------------------------------------------
+// Every text the page shows comes from a catalogue (static/i18n/<language>.json, the same keys in each). The API
+// writes the page in the language it chose from Accept-Language or ?lang=, with that catalogue embedded; a choice
+// made with the switch is kept in localStorage and applied at the next visit, unless ?lang= names another. The API's
+// own problem details stay English: the page shows a text of its own for each problem type, then the detail.
+
+const LANGUAGES = ["en", "es"];
+/** The localStorage item that keeps the language chosen with the switch. */
+const LANGUAGE_ITEM = "pneuradnet-language";
+
+const i18n = { language: "en", texts: {}, plurals: null, percent: null, byName: null, wanted: "" };
+
+function setLanguage(language, texts) {
+  Object.assign(i18n, {
+    language,
+    texts,
+    plurals: new Intl.PluralRules(language),
+    percent: new Intl.NumberFormat(language, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 }),
+    byName: new Intl.Collator(language, { numeric: true, sensitivity: "base" }),
+  });
+}
+
+/** The text of `key`, its `{name}`s filled in from `values`. */
+function t(key, values = {}) {
+  const text = i18n.texts[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (match, name) => (name in values ? String(values[name]) : match));
+}
+
+/** The text of `key` for the number `count` (`key.one`, `key.other`, … as the language's plural rules say). */
+function tPlural(key, count, values = {}) {
+  const form = `${key}.${i18n.plurals.select(count)}`;
+  return t(form in i18n.texts ? form : `${key}.other`, { count, ...values });
+}
+
+/** The catalogue embedded in the page by the API, or null (a page served without it). */
+function embeddedCatalogue() {
+  try {
+    return JSON.parse(document.getElementById("catalogue").textContent);
+  } catch {
+    return null;
+  }
+}
+
+async function fetchCatalogue(language) {
+  const response = await fetch(`static/i18n/${language}.json`);
+  if (!response.ok) throw new Error(`no catalogue for ${language}`);
+  return response.json();
+}
+
+/** The language the page should be in: ?lang= first, then the one chosen with the switch, then the API's choice. */
+function wantedLanguage() {
+  const requested = new URLSearchParams(window.location.search).get("lang");
+  if (LANGUAGES.includes(requested)) return requested;
+  const stored = localStorage.getItem(LANGUAGE_ITEM);
+  if (LANGUAGES.includes(stored)) return stored;
+  return LANGUAGES.includes(document.documentElement.lang) ? document.documentElement.lang : LANGUAGES[0];
+}
+
+/** Puts the page in `language`, from its catalogue; everything already shown is written again. If the catalogue
+ * cannot be fetched, the page stays as it is. */
+async function showLanguage(language) {
+  i18n.wanted = language;
+  let texts;
+  try {
+    texts = await fetchCatalogue(language);
+  } catch {
+    return;
+  }
+  if (i18n.wanted !== language) return; // another language was chosen while this one was on its way
+  setLanguage(language, texts);
+  translatePage();
+  for (const row of state.rows) row.dirty = true;
+  for (const item of elements.values()) item.remove();
+  elements.clear(); // thumbnails' placeholders are written once, when a row's element is made
+  state.labels = [];
+  renderRefusals();
+  render();
+}
+
+/** The switch: the choice is remembered, and replaces a ?lang= in the address so that a reload keeps it. */
+async function chooseLanguage(language) {
+  localStorage.setItem(LANGUAGE_ITEM, language);
+  const url = new URL(window.location.href);
+  if (url.searchParams.has("lang")) {
+    url.searchParams.set("lang", language);
+    history.replaceState(history.state, "", url);
+  }
+  await showLanguage(language);
+}
+
+/** The texts of the page's own elements (data-i18n: text, data-i18n-placeholder: placeholder). */
+function translatePage() {
+  document.documentElement.lang = i18n.language;
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) {
+    node.placeholder = t(node.dataset.i18nPlaceholder);
+  }
+  for (const button of document.querySelectorAll("[data-language]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.language === i18n.language));
+  }
+}
+
+/** How the page names `label` of `model`: the manifest's name for it in the page's language, else the label. */
+function labelName(model, label) {
+  return displayNames[model?.name]?.[i18n.language]?.[label] ?? label;
+}
+
+/** The page's own words for a problem (RFC 9457, as the API answers or a failed job carries): one text per type. */
+function problemReason(problem) {
+  const key = `problem.${problemKind(problem)}`;
+  return key in i18n.texts ? t(key) : t("problem.other", { status: problem.status });
+}
+
+function problemKind(problem) {
+  return (problem.type || "").split(":").pop();
+}
+
+/** A problem as a paragraph: the page's words for its type, then the API's own detail (English, marked so). */
+function renderProblem(className, problem, prefixKey = "") {
+  const reason = problemReason(problem);
+  const paragraph = element("p", { className }, prefixKey ? t(prefixKey, { reason }) : reason);
+  if (problem.detail) {
+    paragraph.append(" ", element("span", { className: "problem-detail" }, t("problem.detail"), " ",
+      element("span", { lang: "en" }, sentence(problem.detail))));
+  }
+  return paragraph;
+}
+
 // --- The API ---------------------------------------------------------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, detail, retryAfter = null) {
+  /** `type` is the problem's (urn:pneuradnet:problem:<kind>); "no-answer" when the service was not reached. */
+  constructor(status, type, detail, retryAfter = null) {
     super(detail);
     this.status = status;
+    this.type = type;
     this.detail = detail;
     this.retryAfter = retryAfter;
   }
@@ -95,14 +227,14 @@ async function call(path, { method = "GET", body, blob = false } = {}) {
       headers: { Accept: "application/json, application/problem+json", ...authHeaders() },
     });
   } catch {
-    throw new ApiError(0, "the service does not answer; check the network connection");
+    throw new ApiError(0, "no-answer", "");
   }
   if (response.ok && blob) return response.blob();
   const isJson = (response.headers.get("Content-Type") || "").includes("json");
   const data = isJson ? await response.json().catch(() => null) : null;
   if (!response.ok) {
     const detail = data?.detail || `${response.status} ${response.statusText}`.trim();
-    throw new ApiError(response.status, detail, Number(response.headers.get("Retry-After")) || null);
+    throw new ApiError(response.status, data?.type || "", detail, Number(response.headers.get("Retry-After")) || null);
   }
   return data;
 }
@@ -153,7 +285,7 @@ function askForKey(error, sentKey) {
   if (!keyPrompt.waiters.length) {
     if (storedKey() !== sentKey) return Promise.resolve(); // a newer key was given meanwhile: try that one
     if (sentKey) forgetKey(); // refused: it is not kept
-    showKeyForm(sentKey ? sentence(error.detail) : "");
+    showKeyForm(sentKey ? t("key.invalid") : "");
   }
   return new Promise((resolve, reject) => keyPrompt.waiters.push({ resolve, reject, error }));
 }
@@ -223,7 +355,7 @@ const state = {
   rows: [],
   batches: [],
   labels: [],
-  refused: [], // { name, reason } of each file the API refused, in the drops sent since none was in flight
+  refused: [], // { name, problem } of each file the API refused, in the drops sent since none was in flight
   dropped: 0, // files in those drops
   sending: 0, // drops whose requests are not all answered yet
   nextKey: 0,
@@ -234,13 +366,13 @@ const elements = new Map(); // row key -> <li>
 
 function newRow(fields) {
   return { key: state.nextKey++, kind: "image", name: "", thumb: null, archive: "", status: "uploading",
-    job: null, message: "", heatmap: null, dirty: true, ...fields };
+    job: null, note: "", problem: null, heatmap: null, dirty: true, ...fields };
 }
 
 function setJob(row, job) {
   row.job = job;
   row.status = job.status;
-  row.message = job.error?.detail || "";
+  row.problem = job.error || null;
   row.dirty = true;
   if (job.result?.heatmap_url && !row.heatmap) {
     row.heatmap = { url: null, requested: false, error: "", shown: true, opacity: HEATMAP_OPACITY };
@@ -284,7 +416,7 @@ async function send(files, generation) {
   const images = files.filter((_, i) => !zipFlags[i]).map((file) => ({ file,
     row: newRow({ name: file.name, thumb: URL.createObjectURL(file) }) }));
   const archives = files.filter((_, i) => zipFlags[i]).map((file) => ({ file,
-    row: newRow({ kind: "zip", name: file.name, message: "Unpacking on the server…" }) }));
+    row: newRow({ kind: "zip", name: file.name, note: "result.unpacking" }) }));
   state.rows.push(...images.map((part) => part.row), ...archives.map((part) => part.row));
   render();
 
@@ -294,7 +426,7 @@ async function send(files, generation) {
     const error = await upload(parts, explain, generation);
     if (generation !== state.generation) return;
     if (error?.status === 401) { // the user canceled the key form: the rest would only ask again
-      refuse(requests.slice(i + 1).flat(), error.detail);
+      refuse(requests.slice(i + 1).flat(), error);
       return;
     }
   }
@@ -327,7 +459,7 @@ async function upload(parts, explain, generation) {
   try {
     answer = await api(explain ? "jobs?explain=true" : "jobs", { method: "POST", body: form });
   } catch (error) {
-    if (generation === state.generation) refuse(parts, error.detail);
+    if (generation === state.generation) refuse(parts, error);
     return error;
   }
   if (generation !== state.generation) return null;
@@ -343,10 +475,10 @@ async function upload(parts, explain, generation) {
   return null;
 }
 
-/** Nothing of a refused request was queued: its tiles go, and its files are listed with the API's own words. */
-function refuse(parts, reason) {
+/** Nothing of a refused request was queued: its tiles go, and its files are listed with the API's problem. */
+function refuse(parts, problem) {
   removeRows(parts.map((part) => part.row));
-  state.refused.push(...parts.map((part) => ({ name: part.file.name, reason })));
+  state.refused.push(...parts.map((part) => ({ name: part.file.name, problem })));
   renderRefusals();
   render();
 }
@@ -384,11 +516,12 @@ async function pollBatch(batch, generation) {
     } catch (error) {
       if (generation !== state.generation) return;
       if (error.status === 404) {
-        expire(batch.jobIds, error.detail);
+        expire(batch.jobIds, error);
         return;
       }
       delay = error.retryAfter ? error.retryAfter * 1000 : Math.min(MAX_RETRY_MS, delay * 2);
-      showConnectionWarning(`Could not refresh the results (${error.detail}); trying again in ${Math.round(delay / 1000)} s.`);
+      showConnectionWarning(t("progress.refresh_failed",
+        { reason: problemReason(error), seconds: Math.round(delay / 1000) }));
       continue;
     }
     if (generation !== state.generation) return;
@@ -399,16 +532,19 @@ async function pollBatch(batch, generation) {
       if (row && (row.job.status !== job.status || row.job.finished_at !== job.finished_at)) setJob(row, job);
     }
     const seen = new Set(jobs.map((job) => job.id));
-    expire(batch.jobIds.filter((id) => !seen.has(id)), "the service no longer has this job (it has expired)");
+    expire(batch.jobIds.filter((id) => !seen.has(id)), null);
     render();
     if (batch.jobIds.every((id) => FINISHED.has(rowsByJobId.get(id)?.status))) return;
   }
 }
 
-function expire(jobIds, detail) {
+/** The jobs are gone from the service: with the problem that said so, or noticed missing from their batch. */
+function expire(jobIds, problem) {
   for (const id of jobIds) {
     const row = rowsByJobId.get(id);
-    if (row && !FINISHED.has(row.status)) Object.assign(row, { status: "expired", message: detail, dirty: true });
+    if (row && !FINISHED.has(row.status)) {
+      Object.assign(row, { status: "expired", problem, note: problem ? "" : "result.expired", dirty: true });
+    }
   }
   render();
 }
@@ -421,7 +557,8 @@ function sleep(ms) {
 
 const SORTS = {
   upload: () => 0,
-  class: (a, b) => compareResults(a, b, (x, y) => byName.compare(x.predicted_class, y.predicted_class)
+  class: (a, b) => compareResults(a, b, (x, y) => i18n.byName.compare(labelName(x.model, x.predicted_class),
+    labelName(y.model, y.predicted_class))
     || y.confidence - x.confidence),
   "confidence-desc": (a, b) => compareResults(a, b, (x, y) => y.confidence - x.confidence),
   "confidence-asc": (a, b) => compareResults(a, b, (x, y) => x.confidence - y.confidence),
@@ -469,7 +606,7 @@ function render() {
     list.replaceChildren(...wanted);
   }
   document.getElementById("shown-count").textContent = state.rows.length === shown.length
-    ? "" : `Showing ${shown.length} of ${state.rows.length} files.`;
+    ? "" : t("results.shown", { shown: shown.length, total: state.rows.length });
   renderProgress();
   renderExports();
 }
@@ -490,19 +627,24 @@ function renderRow(row) {
     element("h3", { className: "filename" }, ...breakable(row.name)),
     element("span", { className: `status status--${row.status}` }, statusText(row)));
   const body = [heading];
-  if (row.kind === "member" && row.archive) body.push(element("p", { className: "archive" }, `from ${row.archive}`));
+  if (row.kind === "member" && row.archive) {
+    body.push(element("p", { className: "archive" }, t("result.from_archive", { archive: row.archive })));
+  }
 
   const result = row.job?.result;
   if (result) {
     body.push(renderVerdict(result), renderProbabilities(result),
-      element("p", { className: "model" }, `Model ${result.model.name} ${result.model.version}`));
+      element("p", { className: "model" }, t("result.model", result.model)));
     if (row.heatmap) body.push(renderHeatmapControls(row));
     else if (result.explanation_error) {
-      body.push(element("p", { className: "heatmap-note" }, `No heatmap: ${sentence(result.explanation_error)}`));
+      body.push(element("p", { className: "heatmap-note" },
+        t("heatmap.none", { reason: "" }), element("span", { lang: "en" }, sentence(result.explanation_error))));
     }
-  } else if (row.message) {
+  } else if (row.problem) {
+    body.push(renderProblem("error-detail", row.problem));
+  } else if (row.note) {
     const failed = ["failed", "expired"].includes(row.status);
-    body.push(element("p", { className: failed ? "error-detail" : "pending-detail" }, sentence(row.message)));
+    body.push(element("p", { className: failed ? "error-detail" : "pending-detail" }, t(row.note)));
   }
   item.querySelector(".result-body").replaceChildren(...body);
   if (row.heatmap && !row.heatmap.requested) loadHeatmap(row);
@@ -522,7 +664,7 @@ async function loadHeatmap(row) {
     row.heatmap.url = URL.createObjectURL(blob);
   } catch (error) {
     if (generation !== state.generation) return;
-    row.heatmap.error = error.detail;
+    row.heatmap.error = error;
   }
   row.dirty = true;
   render();
@@ -530,8 +672,8 @@ async function loadHeatmap(row) {
 
 function renderHeatmapControls(row) {
   const heatmap = row.heatmap;
-  if (heatmap.error) return element("p", { className: "heatmap-note" }, `No heatmap: ${sentence(heatmap.error)}`);
-  if (!heatmap.url) return element("p", { className: "heatmap-note" }, "Loading the heatmap…");
+  if (heatmap.error) return renderProblem("heatmap-note", heatmap.error, "heatmap.none");
+  if (!heatmap.url) return element("p", { className: "heatmap-note" }, t("heatmap.loading"));
   const id = `heatmap-${row.key}`;
   const show = element("input", { type: "checkbox", id: `${id}-show`, checked: heatmap.shown });
   const opacity = element("input", { type: "range", id: `${id}-opacity`, min: "0", max: "100", step: "5",
@@ -546,10 +688,10 @@ function renderHeatmapControls(row) {
     applyHeatmap(row);
   });
   return element("div", { className: "heatmap-controls" },
-    element("span", { className: "heatmap-control" }, show, element("label", { htmlFor: show.id }, "Show heatmap")),
+    element("span", { className: "heatmap-control" }, show, element("label", { htmlFor: show.id }, t("heatmap.show"))),
     element("span", { className: "heatmap-control" },
-      element("label", { htmlFor: opacity.id }, "Heatmap opacity"), opacity),
-    element("a", { href: heatmap.url, target: "_blank", rel: "noopener" }, "Full size"));
+      element("label", { htmlFor: opacity.id }, t("heatmap.opacity")), opacity),
+    element("a", { href: heatmap.url, target: "_blank", rel: "noopener" }, t("heatmap.full_size")));
 }
 
 /** Puts the heatmap over the thumbnail (or over the placeholder of an image from a ZIP), as the controls say. */
@@ -558,8 +700,8 @@ function applyHeatmap(row) {
   if (!frame || !row.heatmap?.url) return;
   let overlay = frame.querySelector(".thumb-heatmap");
   if (!overlay) {
-    overlay = element("img", { className: "thumb-heatmap", src: row.heatmap.url, alt: `Heatmap of ${row.name}`,
-      decoding: "async" });
+    overlay = element("img", { className: "thumb-heatmap", src: row.heatmap.url,
+      alt: t("heatmap.alt", { name: row.name }), decoding: "async" });
     frame.append(overlay);
   }
   overlay.hidden = !row.heatmap.shown;
@@ -570,10 +712,10 @@ function renderThumb(row) {
   const frame = element("div", { className: "thumb" });
   if (row.thumb) {
     const image = element("img", { src: row.thumb, alt: "", decoding: "async" });
-    image.addEventListener("error", () => frame.replaceChildren(placeholder("No preview")), { once: true });
+    image.addEventListener("error", () => frame.replaceChildren(placeholder(t("result.no_preview"))), { once: true });
     frame.append(image);
   } else {
-    frame.append(placeholder(row.kind === "zip" ? "ZIP" : "From ZIP"));
+    frame.append(placeholder(t(row.kind === "zip" ? "result.zip" : "result.from_zip")));
   }
   return frame;
 }
@@ -584,21 +726,23 @@ function placeholder(text) {
 
 function renderVerdict(result) {
   return element("p", { className: "verdict" },
-    element("span", { className: "predicted-class" }, result.predicted_class),
-    element("span", { className: "confidence" }, `${percent.format(result.confidence)} confidence`));
+    element("span", { className: "predicted-class" }, labelName(result.model, result.predicted_class)),
+    element("span", { className: "confidence" },
+      t("result.confidence", { confidence: i18n.percent.format(result.confidence) })));
 }
 
-/** One bar per label, in the model's label order; the labels come from the result, never from the page. */
+/** One bar per label, in the model's label order; the labels come from the result (named as the model's manifest
+ * says in the page's language), never from the page. */
 function renderProbabilities(result) {
-  const list = element("ul", { className: "probabilities", ariaLabel: "Probability of each class" });
+  const list = element("ul", { className: "probabilities", ariaLabel: t("result.probabilities") });
   result.labels.forEach((label, i) => {
     const probability = result.predictions[i];
     const fill = element("span", { className: "bar-fill" });
     fill.style.width = `${Math.max(0, Math.min(1, probability)) * 100}%`;
     const item = element("li", { className: "probability" },
-      element("span", { className: "probability-label" }, label),
+      element("span", { className: "probability-label" }, labelName(result.model, label)),
       element("span", { className: "bar", ariaHidden: "true" }, fill),
-      element("span", { className: "probability-value" }, percent.format(probability)));
+      element("span", { className: "probability-value" }, i18n.percent.format(probability)));
     if (label === result.predicted_class) item.classList.add("is-predicted");
     list.append(item);
   });
@@ -606,8 +750,8 @@ function renderProbabilities(result) {
 }
 
 function statusText(row) {
-  if (row.kind === "zip" && row.status === "uploading") return "Uploading archive";
-  return STATUS_TEXT[row.status] || row.status;
+  if (row.kind === "zip" && row.status === "uploading") return t("status.uploading_archive");
+  return t(`status.${row.status}`);
 }
 
 /** A long file name may wrap after its separators (`person1946_`, `study/`) rather than mid-word. */
@@ -623,15 +767,19 @@ function sentence(text) {
 }
 
 function updateLabels() {
-  const labels = [...new Set(state.rows.flatMap((row) => row.job?.result?.labels || []))];
+  const names = new Map(); // label -> how the page names it
+  for (const result of state.rows.map((row) => row.job?.result).filter(Boolean)) {
+    for (const label of result.labels) if (!names.has(label)) names.set(label, labelName(result.model, label));
+  }
+  const labels = [...names.keys()];
   if (labels.join("\n") === state.labels.join("\n")) return;
   state.labels = labels;
   const select = document.getElementById("class-filter");
   const selected = select.value;
   select.replaceChildren(
-    new Option("All files", ""),
-    ...labels.map((label) => new Option(`Predicted ${label}`, label)),
-    new Option("Failed (no result)", FAILED_FILTER));
+    new Option(t("filter.all"), ""),
+    ...labels.map((label) => new Option(t("filter.predicted", { label: names.get(label) }), label)),
+    new Option(t("filter.failed"), FAILED_FILTER));
   select.value = [...select.options].some((option) => option.value === selected) ? selected : "";
 }
 
@@ -644,12 +792,11 @@ function renderProgress() {
   progress.max = Math.max(total, 1);
   progress.value = finished;
 
-  const parts = ["running", "queued", "uploading", "succeeded", "failed", "expired", "canceled"]
-    .filter((status) => counts[status])
-    .map((status) => `${counts[status]} ${status === "succeeded" ? "done" : STATUS_TEXT[status].toLowerCase()}`);
+  const parts = PROGRESS_ORDER.filter((status) => counts[status])
+    .map((status) => tPlural(`progress.${status}`, counts[status])).join(", ");
   const text = finished === total
-    ? `All ${total} ${total === 1 ? "file" : "files"} finished: ${parts.join(", ")}.`
-    : `${finished} of ${total} finished: ${parts.join(", ")}.`;
+    ? tPlural("progress.all", total, { total, parts })
+    : t("progress.some", { finished, total, parts });
   const line = document.getElementById("progress-text");
   // The region is aria-live: write only on change, so a screen reader is not told the same thing every second.
   if (line.textContent !== text) line.textContent = text;
@@ -657,12 +804,14 @@ function renderProgress() {
 
 function renderExports() {
   const links = state.batches.map((batch, i) => {
-    const name = state.batches.length === 1 ? "Download CSV" : `CSV, batch ${i + 1} (${batch.jobIds.length})`;
+    const name = state.batches.length === 1 ? t("export.csv")
+      : t("export.csv_batch", { number: i + 1, count: batch.jobIds.length });
     return element("a", { className: "button", href: `batches/${encodeURIComponent(batch.id)}?format=csv`,
       download: `pneuradnet-${batch.id}.csv` }, name);
   });
   const container = document.getElementById("csv-links");
-  if (container.childElementCount !== links.length) container.replaceChildren(...links);
+  const names = (nodes) => [...nodes].map((link) => link.textContent).join("\n");
+  if (names(container.children) !== names(links)) container.replaceChildren(...links);
   document.getElementById("download-json").disabled = !state.rows.some((row) => row.job);
 }
 
@@ -685,7 +834,7 @@ async function downloadCsv(event) {
   try {
     blob = await api(link.getAttribute("href"), { blob: true });
   } catch (error) {
-    showConnectionWarning(`Could not download the CSV (${error.detail}).`);
+    showConnectionWarning(t("export.csv_failed", { reason: problemReason(error) }));
     return;
   }
   saveBlob(blob, link.download);
@@ -701,7 +850,7 @@ function saveBlob(blob, name) {
 }
 
 function noticeText() {
-  return document.querySelector("#notice strong").textContent.trim();
+  return t("notice.title");
 }
 
 function timestamp() {
@@ -751,15 +900,15 @@ function renderRefusals() {
     box.replaceChildren();
     return;
   }
-  let summary;
-  if (count < state.dropped) {
-    summary = `${count} of ${state.dropped} files ${count === 1 ? "was" : "were"} refused; the others were sent:`;
-  } else {
-    summary = count === 1 ? "This file was refused:" : `All ${count} files were refused:`;
-  }
-  const list = element("ul", { className: "refused-list", ariaLabel: "Refused files" },
-    ...state.refused.map(({ name, reason }) => element("li", { className: "refused" },
-      element("span", { className: "refused-name" }, ...breakable(name)), `: ${reason}`)));
+  const summary = count < state.dropped
+    ? tPlural("refused.some", count, { dropped: state.dropped })
+    : tPlural("refused.all", count);
+  const list = element("ul", { className: "refused-list", ariaLabel: t("refused.list") },
+    ...state.refused.map(({ name, problem }) => {
+      const reason = renderProblem("refused-reason", problem);
+      return element("li", { className: "refused" },
+        element("span", { className: "refused-name" }, ...breakable(name)), ": ", ...reason.childNodes);
+    }));
   box.replaceChildren(element("p", { className: "refused-summary" }, summary), list);
   // A long list scrolls in its own box; the keyboard can reach it to scroll it.
   if (list.scrollHeight > list.clientHeight) list.tabIndex = 0;
@@ -814,10 +963,25 @@ function init() {
     forgetKey();
     input.focus(); // the button has gone
   });
+  for (const button of document.querySelectorAll("[data-language]")) {
+    button.addEventListener("click", () => chooseLanguage(button.dataset.language));
+  }
   keyPrompt.needed = Boolean(storedKey());
   renderForgetKey();
   if (!service.explainEnabled) document.getElementById("explain").checked = false; // a browser may restore it
-  render();
+  const served = embeddedCatalogue();
+  const language = wantedLanguage();
+  if (served && language === document.documentElement.lang) {
+    setLanguage(language, served);
+    translatePage(); // only the switch's state: the API wrote the texts
+    render();
+  } else {
+    // Until the wanted catalogue is here, the page keeps the texts it came with.
+    const shown = document.documentElement.lang;
+    setLanguage(LANGUAGES.includes(shown) ? shown : LANGUAGES[0], served || {});
+    render();
+    showLanguage(language);
+  }
 }
 
 init();

@@ -50,9 +50,13 @@ def test_metric_counters_move_with_real_jobs(client: httpx.Client, store: JobSto
     assert moved("pneuradnet_jobs_total", event="submitted") == 4
     assert moved("pneuradnet_jobs_total", event="succeeded") == 3
     assert moved("pneuradnet_jobs_total", event="failed") == 1
+    assert moved("pneuradnet_job_failures_total", reason="invalid-image") == 1
+    assert moved("pneuradnet_lane_jobs_finished_total", lane="interactive") == 4  # 4 images: the interactive lane
     assert moved("pneuradnet_batch_size_count") >= 1
     assert moved("pneuradnet_batch_size_sum") == 3
     assert moved("pneuradnet_queue_wait_seconds_count") == 4
     assert moved("pneuradnet_inference_seconds_count") >= 1
     assert after[("pneuradnet_workers_live", ())] >= 1
     assert after[("pneuradnet_queue_depth", ())] == 0
+    assert after[("pneuradnet_ready", ())] == 1
+    assert after[("pneuradnet_oldest_queued_seconds", (("lane", "bulk"),))] == 0

@@ -44,6 +44,13 @@ TEAM_KEY = "team-key"
 KEY_ITEM = "pneuradnet-api-key"
 """The sessionStorage item where the page keeps the key (KEY_ITEM in api/static/app.js)."""
 
+LANGUAGE_ITEM = "pneuradnet-language"
+"""The localStorage item where the page keeps the language chosen with its switch (LANGUAGE_ITEM in app.js)."""
+
+ENGLISH_NAMES = {"NORMAL": "Normal", "PNEUMONIA": "Pneumonia"}
+SPANISH_NAMES = {"NORMAL": "Normal", "PNEUMONIA": "Neumonía"}
+"""How the page names the default model's labels (display_names in models/default.json)."""
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
@@ -80,9 +87,10 @@ def explainless_api_url(tmp_path: Path, worker_process: subprocess.Popen) -> Ite
 
 
 @contextmanager
-def open_page(browser, api_url: str) -> Iterator[Page]:
-    """A fresh page on the live API; a request to another host, a script error or a CSP violation fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+def open_page(browser, api_url: str, *, locale: str = "en-US", path: str = "/") -> Iterator[Page]:
+    """A fresh page on the live API, in a browser whose language is `locale`; a request to another host, a script
+    error or a CSP violation fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True, locale=locale)
     outside: list[str] = []
 
     def same_origin_only(route) -> None:
@@ -98,7 +106,7 @@ def open_page(browser, api_url: str) -> Iterator[Page]:
     browser_page.on("pageerror", lambda error: errors.append(str(error)))
     browser_page.on("console", lambda message: errors.append(message.text)
                     if "Content Security Policy" in message.text else None)
-    browser_page.goto(f"{api_url}/")
+    browser_page.goto(f"{api_url}{path}")
     yield browser_page
     context.close()
     assert outside == [], "the page fetched from outside the service"
@@ -137,6 +145,13 @@ def refusal_of(client: httpx.Client, file: dict) -> str:
     return answer.json()["detail"]
 
 
+def sentence(text: str) -> str:
+    """The API's detail as the page writes it (sentence() in app.js)."""
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text[-1:] in ".!?…" else f"{text}."
+
+
 def posts_to_jobs(page: Page) -> list[object]:
     """Every POST /jobs the page makes from now on."""
     posts: list[object] = []
@@ -148,6 +163,7 @@ def posts_to_jobs(page: Page) -> list[object]:
 def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: httpx.Client,
                                                            radiographs: list[Path]):
     chosen = [*radiographs[:2], *radiographs[-2:]]  # two NORMAL, two pneumonia
+    expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.get_by_text("Decision support for qualified staff, not a diagnosis.")).to_be_visible()
 
     batch_id = submit(page, [*map(payload, chosen), NOT_AN_IMAGE])
@@ -163,13 +179,15 @@ def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: h
         row = page.locator(f'#results > li[data-job-id="{job["id"]}"]')
         expect(row.locator(".filename")).to_have_text(path.name)
         expect(row.locator(".status")).to_have_text("Done")
-        expect(row.locator(".predicted-class")).to_have_text(job["result"]["predicted_class"])
-        expect(row.locator(".probability-label")).to_have_text(job["result"]["labels"])
+        expect(row.locator(".predicted-class")).to_have_text(ENGLISH_NAMES[job["result"]["predicted_class"]])
+        expect(row.locator(".probability-label")).to_have_text([ENGLISH_NAMES[label]
+                                                                for label in job["result"]["labels"]])
         expect(row.locator(".model")).to_have_text("Model xception-pneumonia 0.3.0")
         expect(row.locator(".thumb img")).to_be_visible()
     bad = page.locator(f'#results > li[data-job-id="{jobs["notes.png"]["id"]}"]')
     expect(bad.locator(".status")).to_have_text("Failed")
-    expect(bad.locator(".error-detail")).to_have_text("Not an image: send PNG, JPEG or DICOM.")
+    expect(bad.locator(".error-detail")).to_have_text(
+        "Not an image the model can read. The service says: Not an image: send PNG, JPEG or DICOM.")
     assert shown_job_ids(page) == [job["id"] for job in batch["jobs"]]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "page.png", full_page=True)
@@ -187,7 +205,7 @@ def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: h
     succeeded = [job for job in batch["jobs"] if job["result"]]
     pneumonia = [job["id"] for job in succeeded if job["result"]["predicted_class"] == "PNEUMONIA"]
     assert pneumonia and len(pneumonia) < 4, "the chosen radiographs should not all get one class"
-    page.get_by_label("Show").select_option(label="Predicted PNEUMONIA")
+    page.get_by_label("Show").select_option(label="Predicted Pneumonia")
     expect(page.locator("#shown-count")).to_have_text(f"Showing {len(pneumonia)} of 5 files.")
     assert shown_job_ids(page) == pneumonia
     page.get_by_label("Show").select_option(label="Failed (no result)")
@@ -209,7 +227,8 @@ def test_a_bulk_upload_shows_every_result_and_exports_them(page: Page, client: h
     page.screenshot(path=ARTIFACTS / "page-narrow.png", full_page=True)
 
 
-def test_an_explained_upload_shows_its_heatmap_over_the_thumbnail(page: Page, radiographs: list[Path]):
+def test_an_explained_upload_shows_its_heatmap_over_the_thumbnail(page: Page, radiographs: list[Path],
+                                                                   worker_process: subprocess.Popen):
     page.get_by_label("Explain (heatmap)").check()
     with page.expect_response(lambda r: r.url.endswith("/jobs?explain=true") and r.request.method == "POST") as answer:
         page.locator("#file-input").set_input_files([payload(radiographs[-1])])
@@ -264,6 +283,8 @@ def test_the_keyboard_opens_the_picker_and_a_refused_upload_shows_the_problem_de
     # Playwright turns on file-chooser interception without waiting for it: subscribe now, well before Enter.
     page.on("filechooser", lambda _: None)
     page.keyboard.press("Tab")  # the header's link to the API documentation
+    page.keyboard.press("Tab")  # the language switch: English
+    page.keyboard.press("Tab")  # Español
     page.keyboard.press("Tab")
     expect(page.locator("#file-input")).to_be_focused()
     assert page.locator("#dropzone").evaluate("zone => getComputedStyle(zone).outlineStyle") == "solid"
@@ -275,7 +296,8 @@ def test_the_keyboard_opens_the_picker_and_a_refused_upload_shows_the_problem_de
     alert = page.get_by_role("alert")
     expect(alert.locator(".refused-summary")).to_have_text("This file was refused:")
     expect(alert.get_by_role("listitem")).to_have_text(
-        ["many.zip: more than 40 images in one request (MAX_FILES_PER_REQUEST); split them into several requests"])
+        ["many.zip: Too many files in one upload. The service says: More than 40 images in one request "
+         "(MAX_FILES_PER_REQUEST); split them into several requests."])
     expect(page.locator("#results > li")).to_have_count(0)
 
 
@@ -293,7 +315,9 @@ def test_one_bad_archive_does_not_sink_the_others_and_every_refused_file_is_list
 
     alert = page.get_by_role("alert")
     expect(alert.get_by_role("listitem")).to_have_text(
-        [f"trunc.zip: {reasons['trunc.zip']}", f"bomb.zip: {reasons['bomb.zip']}"], timeout=RESULTS_TIMEOUT_MS)
+        [f"trunc.zip: Not a readable ZIP archive. The service says: {sentence(reasons['trunc.zip'])}",
+         f"bomb.zip: The archive expands too much to be safe. The service says: {sentence(reasons['bomb.zip'])}"],
+        timeout=RESULTS_TIMEOUT_MS)
     expect(alert.locator(".refused-summary")).to_have_text("2 of 5 files were refused; the others were sent:")
     expect(page.locator("#progress-text")).to_have_text("All 4 files finished: 4 done.", timeout=RESULTS_TIMEOUT_MS)
     expect(page.locator("#results > li .filename")).to_have_text(
@@ -416,3 +440,129 @@ def test_with_explain_disabled_the_page_offers_no_heatmap_and_the_api_refuses_ex
                                                             timeout=RESULTS_TIMEOUT_MS)
         expect(page.locator("#results > li .heatmap-controls, #results > li .heatmap-note")).to_have_count(0)
     redis.close()
+
+
+# --- Languages -------------------------------------------------------------------------------------------------
+
+
+def catalogue_texts_shown(page: Page) -> dict[str, str]:
+    """The text of every element of the page that shows a catalogue text, by its key."""
+    return page.locator("[data-i18n]").evaluate_all(
+        "nodes => Object.fromEntries(nodes.map(node => [node.dataset.i18n, node.textContent]))")
+
+
+def test_a_spanish_browser_sees_the_whole_page_in_spanish(browser, api_url: str, client: httpx.Client,
+                                                          radiographs: list[Path]):
+    spanish = json.loads((ROOT / "api/static/i18n/es.json").read_text())
+    chosen = [radiographs[0], radiographs[-1]]  # NORMAL, then pneumonia
+    with open_page(browser, api_url, locale="es-ES") as page:
+        expect(page.locator("html")).to_have_attribute("lang", "es")
+        expect(page).to_have_title("PNEURADNET · Clasificación de radiografías de tórax")
+        expect(page.get_by_role("note")).to_have_text(
+            "Apoyo a la decisión para personal cualificado, no un diagnóstico. "
+            "Lea cada resultado con la imagen y el paciente a la vista.")
+        expect(page.get_by_role("button", name="Español")).to_have_attribute("aria-pressed", "true")
+
+        batch_id = submit(page, [*map(payload, chosen), NOT_AN_IMAGE])
+
+        expect(page.locator("#progress-text")).to_have_text("Los 3 archivos han terminado: 2 listos, 1 fallido.",
+                                                            timeout=RESULTS_TIMEOUT_MS)
+        shown = catalogue_texts_shown(page)
+        assert shown == {key: spanish[key] for key in shown} and len(shown) >= 30
+        assert page.get_by_label("Confianza menor que").get_attribute("placeholder") == "cualquiera"
+        jobs = {job["filename"]: job for job in client.get(f"/batches/{batch_id}").json()["jobs"]}
+        for path in chosen:
+            result = jobs[path.name]["result"]
+            assert result["labels"] == ["NORMAL", "PNEUMONIA"], "the API's results keep the raw labels"
+            row = page.locator(f'#results > li[data-job-id="{jobs[path.name]["id"]}"]')
+            expect(row.locator(".status")).to_have_text("Listo")
+            expect(row.locator(".predicted-class")).to_have_text(SPANISH_NAMES[result["predicted_class"]])
+            expect(row.locator(".probability-label")).to_have_text(["Normal", "Neumonía"])
+            expect(row.locator(".confidence")).to_have_text(re.compile(r"^\d+,\d\s%\sde confianza$"))
+            expect(row.locator(".model")).to_have_text("Modelo xception-pneumonia 0.3.0")
+        assert {jobs[path.name]["result"]["predicted_class"] for path in chosen} == {"NORMAL", "PNEUMONIA"}
+        bad = page.locator(f'#results > li[data-job-id="{jobs["notes.png"]["id"]}"]')
+        expect(bad.locator(".status")).to_have_text("Fallido")
+        expect(bad.locator(".error-detail")).to_have_text("No es una imagen que el modelo pueda leer. "
+                                                          "El servicio dice (en inglés): Not an image: send PNG, "
+                                                          "JPEG or DICOM.")
+        expect(page.get_by_label("Mostrar").locator("option")).to_have_text(
+            ["Todos los archivos", "Predicción: Normal", "Predicción: Neumonía", "Fallidos (sin resultado)"])
+        page.get_by_label("Mostrar").select_option(label="Predicción: Neumonía")
+        expect(page.locator("#shown-count")).to_have_text("Se muestran 1 de 3 archivos.")
+        expect(page.get_by_role("link", name="Descargar CSV")).to_be_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "page-es.png", full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the Spanish page overflows a phone"
+
+
+def test_the_switch_changes_the_language_and_is_remembered_and_lang_in_the_address_wins(
+        browser, api_url: str, client: httpx.Client, radiographs: list[Path]):
+    with open_page(browser, api_url, locale="en-US") as page:
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        submit(page, [payload(radiographs[-1])])
+        expect(page.locator("#progress-text")).to_have_text("All 1 file finished: 1 done.",
+                                                            timeout=RESULTS_TIMEOUT_MS)
+        row = page.locator("#results > li").first
+        english_class = row.locator(".predicted-class").text_content()
+        assert english_class in ENGLISH_NAMES.values()
+
+        page.get_by_role("button", name="Español").click()
+
+        expect(page.locator("html")).to_have_attribute("lang", "es")
+        expect(page.locator("#notice strong")).to_have_text(
+            "Apoyo a la decisión para personal cualificado, no un diagnóstico.")
+        expect(page.locator("#progress-text")).to_have_text("El archivo ha terminado: 1 listo.")
+        expect(row.locator(".status")).to_have_text("Listo")
+        spanish_class = {v: k for k, v in ENGLISH_NAMES.items()}[english_class]
+        expect(row.locator(".predicted-class")).to_have_text(SPANISH_NAMES[spanish_class])
+        expect(page.get_by_label("Explicar (mapa de calor)")).to_be_visible()
+        expect(page.get_by_role("button", name="Español")).to_have_attribute("aria-pressed", "true")
+        expect(page.get_by_role("button", name="English")).to_have_attribute("aria-pressed", "false")
+        assert page.evaluate(f"localStorage.getItem('{LANGUAGE_ITEM}')") == "es"
+
+        page.reload()  # an English browser, but the choice is remembered
+        expect(page.locator("#notice strong")).to_have_text(
+            "Apoyo a la decisión para personal cualificado, no un diagnóstico.")
+        expect(page.locator("html")).to_have_attribute("lang", "es")
+        expect(page.get_by_label("Explicar (mapa de calor)")).to_be_visible()
+
+        page.goto(f"{api_url}/?lang=en")  # the address wins over the remembered choice
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        expect(page.locator("#notice strong")).to_have_text("Decision support for qualified staff, not a diagnosis.")
+        page.wait_for_timeout(500)  # the page would have switched by now, had the stored choice won
+        expect(page.get_by_label("Explain (heatmap)")).to_be_visible()
+        assert page.evaluate(f"localStorage.getItem('{LANGUAGE_ITEM}')") == "es", "?lang= is not a choice kept"
+
+        page.get_by_role("button", name="Español").click()  # the switch on a ?lang= page: the address follows it
+        expect(page.locator("html")).to_have_attribute("lang", "es")
+        assert page.url.endswith("/?lang=es")
+        page.reload()
+        expect(page.get_by_label("Explicar (mapa de calor)")).to_be_visible()
+
+        page.get_by_role("button", name="English").click()
+        page.reload()
+        expect(page.get_by_label("Explain (heatmap)")).to_be_visible()
+        assert page.evaluate(f"localStorage.getItem('{LANGUAGE_ITEM}')") == "en"
+
+
+def test_lang_in_the_address_wins_over_a_spanish_browser(browser, api_url: str):
+    with open_page(browser, api_url, locale="es-ES", path="/?lang=en") as page:
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        expect(page.locator("#notice strong")).to_have_text("Decision support for qualified staff, not a diagnosis.")
+        expect(page.get_by_role("button", name="English")).to_have_attribute("aria-pressed", "true")
+
+
+def test_a_refused_files_reason_is_shown_in_spanish(browser, api_url: str, client: httpx.Client):
+    many = zip_payload("many.zip", {f"tiny-{i}.png": b"x" for i in range(41)})  # over MAX_FILES_PER_REQUEST (40)
+    detail = refusal_of(client, many)
+    with open_page(browser, api_url, locale="es-ES") as page:
+        page.locator("#file-input").set_input_files([many])
+
+        alert = page.get_by_role("alert")
+        expect(alert.locator(".refused-summary")).to_have_text("Se rechazó este archivo:")
+        expect(alert.get_by_role("listitem")).to_have_text(
+            [f"many.zip: Demasiados archivos en una sola subida. El servicio dice (en inglés): {sentence(detail)}"])
+        expect(alert.locator("[lang=en]")).to_have_text(sentence(detail))
+        expect(page.locator("#results > li")).to_have_count(0)

@@ -33,7 +33,7 @@ from pneuradnet.images import MAX_PIXELS, SOURCE_INFO, decode_image
 NORMAL = "NORMAL2-IM-1430-0001"
 PNEUMONIA = "person1951_bacteria_4882"
 
-STUDY_UID = "1.2.826.0.1.3680043.8.498.4711471147114711"
+STUDY_UID = "1.2.826.0.1.3680043.8.498.135792468"
 IDENTIFYING = {
     "PatientName": "Doe^Jane",
     "PatientID": "PID-4711-XYZ",
@@ -47,7 +47,7 @@ IDENTIFYING = {
 """Set in every file written here; none of it may reach a result, an error message or a log."""
 
 LEAK_MARKERS = ["Doe", "Jane", "4711", "19700101", "20240229", "Example Hospital", "House", "Gregory", "998877"]
-"""Pieces of IDENTIFYING that nothing else here contains (the study UID holds 4711 too)."""
+"""Pieces of IDENTIFYING that nothing else here contains (results carry the study UID: it holds none of them)."""
 
 ALLOWED_SOURCE_KEYS = {"format", *FACTS, "frame_used"}
 
@@ -209,11 +209,27 @@ def test_a_multi_frame_file_says_its_first_frame_was_used(dicoms):
 def test_the_source_facts_are_the_allowed_ones_and_nothing_else(sources, dicoms):
     _, gray = sources[NORMAL]
 
-    source = decode_image(dicoms[NORMAL]["16-bit rescaled and windowed"]).info[SOURCE_INFO]
+    data = dicoms[NORMAL]["16-bit rescaled and windowed"]
+    header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+    source = decode_image(data).info[SOURCE_INFO]
 
     assert source == {"format": "DICOM", "modality": "DX", "view_position": "PA", "rows": gray.shape[0],
                       "columns": gray.shape[1], "frames": 1, "frame_used": 1,
-                      "photometric_interpretation": "MONOCHROME2", "bits_stored": 12}
+                      "photometric_interpretation": "MONOCHROME2", "bits_stored": 12,
+                      "study_instance_uid": STUDY_UID, "series_instance_uid": None,  # the file has none
+                      "sop_instance_uid": header.SOPInstanceUID,
+                      "sop_class_uid": DigitalXRayImageStorageForPresentation}
+
+
+def test_the_uids_name_the_image_and_a_value_that_is_not_a_uid_is_left_out():
+    series = generate_uid()
+
+    named = decode_image(dicom_file(np.zeros((4, 4), np.uint8), SeriesInstanceUID=series)).info[SOURCE_INFO]
+    garbled = decode_image(dicom_file(np.zeros((4, 4), np.uint8), SeriesInstanceUID="Doe^Jane")).info[SOURCE_INFO]
+
+    assert named["series_instance_uid"] == series and named["study_instance_uid"] == STUDY_UID
+    assert garbled["series_instance_uid"] is None
 
 
 def test_a_fact_that_is_not_a_code_string_is_left_out():

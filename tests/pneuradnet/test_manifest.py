@@ -36,6 +36,21 @@ def test_vgg16_manifest_keeps_the_original_label_order():
     assert manifest.output == "probabilities"
 
 
+def test_the_default_manifest_names_its_classes_in_spanish_and_english():
+    names = load_manifest("default").display_names
+
+    assert names["es"] == {"NORMAL": "Normal", "PNEUMONIA": "Neumonía"}
+    assert names["en"] == {"NORMAL": "Normal", "PNEUMONIA": "Pneumonia"}
+
+
+def test_display_names_are_optional_and_may_name_some_labels_only(write_manifest):
+    assert load_manifest(write_manifest()).display_names == {}
+    partial = load_manifest(write_manifest(display_names={"es": {"dog": " Perro "}, "pt-BR": {"cat": "Gato"}}))
+
+    assert partial.display_names == {"es": {"dog": "Perro"}, "pt-BR": {"cat": "Gato"}}
+    assert partial.labels == ("cat", "dog"), "the labels themselves are unchanged"
+
+
 def test_a_manifest_can_be_given_by_path(write_manifest):
     assert load_manifest(write_manifest(name="mine")).name == "tiny"
 
@@ -80,6 +95,18 @@ def test_missing_field_is_named(write_manifest, tmp_path):
 def test_duplicate_labels_are_refused(write_manifest):
     with pytest.raises(ModelManifestError, match="labels must be unique"):
         load_manifest(write_manifest(labels=["cat", "dog", "cat"]))
+
+
+def test_a_display_name_for_a_label_the_model_lacks_is_refused(write_manifest):
+    with pytest.raises(ModelManifestError, match=r"display_names.es names \['bird'\], which are not labels"):
+        load_manifest(write_manifest(display_names={"es": {"cat": "Gato", "bird": "Pájaro"}}))
+
+
+@pytest.mark.parametrize("display_names", [{"Spanish": {"cat": "Gato"}}, {"es": {"cat": "  "}},
+                                           {"es": ["Gato", "Perro"]}])
+def test_a_display_name_must_be_text_under_a_language_tag(write_manifest, display_names):
+    with pytest.raises(ModelManifestError, match="display_names"):
+        load_manifest(write_manifest(display_names=display_names))
 
 
 def test_unknown_resize_filter_is_refused(write_manifest):

@@ -57,7 +57,7 @@ def finish_with(together: threading.Barrier, store: JobStore, job_id: str) -> No
 
 def test_the_last_of_two_jobs_finished_at_the_same_moment_makes_the_callback_due_once(redis: Redis):
     due: list[str] = []
-    stores = [JobStore(URL, ttl=600, on_callback_due=due.append) for _ in range(2)]
+    stores = [JobStore(URL, ttl=600, on_delivery_due=lambda batch_id, _: due.append(batch_id)) for _ in range(2)]
     batch_ids = []
     for _ in range(200):
         batch, jobs, _ = stores[0].create_batch([Upload("a.png", b"a"), Upload("b.png", b"b")], callback=CALLBACK)
@@ -81,7 +81,7 @@ def test_the_last_of_two_jobs_finished_at_the_same_moment_makes_the_callback_due
 
 def test_a_batch_finished_by_cancellation_is_due_and_one_without_callback_never(redis: Redis):
     due: list[str] = []
-    store = JobStore(URL, ttl=600, on_callback_due=due.append)
+    store = JobStore(URL, ttl=600, on_delivery_due=lambda batch_id, channel: due.append(batch_id))
     batch, _, _ = store.create_batch([Upload("a.png", b"a"), Upload("b.png", b"b")], callback=CALLBACK)
     assert store.get_batch(batch.id).callback.delivery_id is None
     store.cancel_batch(batch.id)
@@ -141,7 +141,7 @@ def test_no_retry_starts_past_the_max_age(redis: Redis, deliveries: Deliveries):
 
 
 def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: Redis, deliveries: Deliveries):
-    store = JobStore(URL, ttl=600)  # no on_callback_due: as if the worker died before sending the task
+    store = JobStore(URL, ttl=600)  # no on_delivery_due: as if the worker died before sending the task
     batch_id = finished_batch(store)
     gone = finished_batch(store)
     redis.delete(f"pneuradnet:batch:{gone}")  # expired

@@ -1,9 +1,13 @@
+import time
+from collections.abc import Iterator
+
 import pytest
 from redis import Redis
 
 from service import jobstore, keys
 from service.jobstore import JobStatus, JobStore, Upload, new_token
 from service.keys import RUNNING_REGISTRY
+from tests.live_service import empty_database
 
 LEASE = 60
 
@@ -327,3 +331,30 @@ def test_the_jobs_of_a_process_known_dead_are_queued_again_whatever_their_lease(
     assert back.status is JobStatus.QUEUED and back.deliveries == 1  # a death counts towards MAX_DELIVERIES
     assert running.status is JobStatus.RUNNING and running.token == "run-2"
     assert store.claim([held.id], token="run-3", lease=LEASE)[0].deliveries == 2
+
+
+AGES_REDIS_URL = "redis://127.0.0.1:6379/12"
+"""A database of its own: no worker's reconciler, nor another session's wipe, touches the ages this test times."""
+
+
+@pytest.fixture
+def store_of_its_own() -> Iterator[JobStore]:
+    with empty_database(AGES_REDIS_URL):
+        own = JobStore(AGES_REDIS_URL, ttl=600)
+        yield own
+        own.close()
+
+
+def test_the_oldest_queued_job_s_age_is_read_per_lane(store_of_its_own: JobStore):
+    store = store_of_its_own
+    assert store.oldest_queued_ages() == {jobstore.Lane.INTERACTIVE: 0.0, jobstore.Lane.BULK: 0.0}
+    earlier = submit(store, "a.png", "b.png")
+    time.sleep(1.0)
+    submit(store, "c.png")
+
+    ages = store.oldest_queued_ages()
+
+    assert ages[jobstore.Lane.INTERACTIVE] == 0.0
+    assert 1.0 <= ages[jobstore.Lane.BULK] < 5.0  # the first job's, not the newest's
+    store.claim([job.id for job in earlier], token=new_token(), lease=LEASE)
+    assert store.oldest_queued_ages()[jobstore.Lane.BULK] < 1.0  # the job left waiting is the newer one

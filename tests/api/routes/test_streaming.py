@@ -42,6 +42,8 @@ async def test_an_unreadable_member_fails_its_own_job_and_the_others_are_queued(
     assert len(queued) == 5 and [job_id for task in enqueued_tasks(redis_db) for job_id in task] == queued
     batch = (await api.get(f"/batches/{answer.json()['batch_id']}")).json()
     assert batch["counts"]["failed"] == 1 and batch["counts"]["queued"] == 5 and batch["total"] == 6
+    metrics = (await api.get("/metrics")).text
+    assert 'pneuradnet_job_failures_total{reason="invalid-zip-member"} 1.0' in metrics
 
 
 async def test_a_large_upload_is_stored_and_enqueued_a_chunk_at_a_time(api: httpx.AsyncClient, redis_db: Redis):
