@@ -47,7 +47,9 @@ def main() -> None:
     fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
     workers = WorkerRegistry(settings.redis_url)
     intake = Intake(store=store, images=images, studies=studies, fair_share=fair_share, workers=workers,
-                    celery=celery, max_queue=settings.max_queue, max_batch=settings.max_batch)
+                    celery=celery, max_queue=settings.max_queue, max_batch=settings.max_batch,
+                    results_to=settings.dicom_results_to, results_stow_url=settings.dicom_results_stow_url,
+                    explain=settings.dicom_explain)
 
     ae = application_entity(settings.dicom_ae_title)
     server = ae.start_server(("0.0.0.0", settings.dicom_port), block=False, evt_handlers=handlers(intake, peers))

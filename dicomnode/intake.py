@@ -12,15 +12,15 @@ Privacy: of the header, only the study's, series' and instance's UIDs are read h
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from celery import Celery
-from pydicom.uid import UID
 from redis.exceptions import RedisError
 
 from dicomnode.gatherer import ChunkGatherer
+from pneuradnet.dicomidentity import DicomIdentity, UnreadableHeader, read_identity
+from service.channels import Reports, reports_asked
 from service.dispatch import enqueue_bulk
 from service.fairshare import FairShare, window_for
 from service.images import JobImages
@@ -51,34 +51,15 @@ ATTEMPTS = 2
 next instance opens another."""
 
 
-@dataclass(frozen=True)
-class Instance:
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-
-
-class UnfileableInstance(Exception):
-    """The data set has no valid study or SOP instance UID."""
-
-
-def identify(path: Path) -> Instance:
-    """The UIDs that file an instance, read from its header alone (nothing else of it is parsed)."""
-    try:
-        dataset = pydicom.dcmread(path, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
-                                  stop_before_pixels=True)
-    except Exception as error:  # pydicom fails on a broken header in many ways
-        raise UnfileableInstance("its header cannot be read") from error
-    uids = [UID(str(dataset.get(keyword, ""))) for keyword in ("StudyInstanceUID", "SeriesInstanceUID",
-                                                                  "SOPInstanceUID")]
-    if not (uids[0].is_valid and uids[2].is_valid):
-        raise UnfileableInstance("it has no valid StudyInstanceUID or SOPInstanceUID")
-    return Instance(study_uid=str(uids[0]), series_uid=str(uids[1]) if uids[1].is_valid else "", sop_uid=str(uids[2]))
-
-
 class Intake:
     def __init__(self, *, store: JobStore, images: JobImages, studies: StudyGroups, fair_share: FairShare,
-                 workers: WorkerRegistry, celery: Celery, max_queue: int, max_batch: int) -> None:
+                 workers: WorkerRegistry, celery: Celery, max_queue: int, max_batch: int, results_to: str = "",
+                 results_stow_url: str = "", explain: bool = False) -> None:
+        """`results_to`, `results_stow_url`: where a study's report goes (DICOM_RESULTS_TO, DICOM_RESULTS_STOW_URL;
+        '' nowhere); `explain`: with heatmap captures (DICOM_EXPLAIN)."""
+        self._results_to = results_to
+        self._results_stow_url = results_stow_url
+        self._explain = explain
         self._store = store
         self._images = images
         self._studies = studies
@@ -97,8 +78,9 @@ class Intake:
     def receive(self, path: Path, *, calling_ae_title: str) -> int:
         """Store the instance received in the file at `path` as a job; the C-STORE status to answer."""
         try:
-            instance = identify(path)
-        except UnfileableInstance as error:
+            with path.open("rb") as file:
+                instance = read_identity(file)
+        except UnreadableHeader as error:
             log.warning("an instance from %s was refused: %s", calling_ae_title, error)
             return CANNOT_UNDERSTAND
         owner = OWNER_PREFIX + calling_ae_title.strip()
@@ -106,20 +88,22 @@ class Intake:
             with self._storing:
                 job_id, batch_id = self._store_job(instance, path, owner=owner)
         except (QueueFull, StoreFull, AdmissionClosed, ObjectStoreUnavailable, RedisError) as error:
-            log.warning("instance %s of study %s from %s refused for now (out of resources): %s", instance.sop_uid,
+            log.warning("instance %s of study %s from %s refused for now (out of resources): %s",
+                        instance.sop_instance_uid,
                         instance.study_uid, calling_ae_title, error)
             return OUT_OF_RESOURCES
         job_event(log, "received", job_id, batch_id=batch_id, status="queued")
-        log.info("instance %s of series %s of study %s from %s is job %s of batch %s", instance.sop_uid,
+        log.info("instance %s of series %s of study %s from %s is job %s of batch %s", instance.sop_instance_uid,
                  instance.series_uid, instance.study_uid, calling_ae_title, job_id, batch_id)
         self._chunks.add(owner, job_id)
         return SUCCESS
 
-    def _store_job(self, instance: Instance, path: Path, *, owner: str) -> tuple[str, str]:
+    def _store_job(self, instance: DicomIdentity, path: Path, *, owner: str) -> tuple[str, str]:
         """Reserve the job's place in its study's batch, write its image, store its record: (job id, batch id)."""
         image_bytes = path.stat().st_size if self._images.in_redis else 0
         for attempt in range(ATTEMPTS):
-            batch_id = self._studies.batch_of(instance.study_uid, owner=owner)
+            batch_id = self._studies.batch_of(instance.study_uid, owner=owner, reports=lambda: self._reports(path),
+                                              explain=self._explain)
             job_id = str(uuid.uuid4())
             try:
                 place = self._studies.grow(instance.study_uid, batch_id, job_id=job_id, image_bytes=image_bytes,
@@ -129,9 +113,17 @@ class Intake:
                 if attempt + 1 == ATTEMPTS:
                     raise
                 continue
-            return self._write(batch_id, place, job_id, f"{instance.sop_uid}.dcm", path,
+            return self._write(batch_id, place, job_id, f"{instance.sop_instance_uid}.dcm", path,
                                image_bytes=image_bytes), batch_id
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _reports(self, path: Path) -> Reports | None:
+        """What the batch of the study this instance opens asks: its report, to DICOM_RESULTS_TO and or
+        DICOM_RESULTS_STOW_URL, filed with this instance's patient and study modules; None when reports go nowhere."""
+        if not (self._results_to or self._results_stow_url):
+            return None
+        return reports_asked(pydicom.dcmread(path, stop_before_pixels=True), dicom_to=self._results_to,
+                             stow_url=self._results_stow_url)
 
     def _write(self, batch_id: str, place: int, job_id: str, filename: str, path: Path, *, image_bytes: int) -> str:
         try:

@@ -12,26 +12,15 @@ import os
 from pathlib import Path
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom builds these names at import
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # built at import
 
 from dicomnode.intake import Intake
 from dicomnode.peers import PeerAllowList
-from pneuradnet.dicom import decodable_transfer_syntaxes
+from pneuradnet.dicomidentity import CLASSIFIABLE_CLASSES, decodable_transfer_syntaxes
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_SOP_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-)
+ACCEPTED_SOP_CLASSES = CLASSIFIABLE_CLASSES
 """Projection radiography (CR; DX for presentation and for processing; not DX mammography or intra-oral) and
 Secondary Capture. Any other class is refused in its presentation context."""
 

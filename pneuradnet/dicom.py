@@ -21,7 +21,7 @@ from PIL import Image
 from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
-from pydicom.uid import UID, AllTransferSyntaxes
+from pydicom.uid import UID
 
 from pneuradnet.errors import InvalidImageError
 from pneuradnet.images import SAMPLED_FROM, SOURCE_INFO, check_size
@@ -88,12 +88,6 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_side: int,
         except Exception as error:  # e.g. a Rescale Slope that is not a number; pydicom's words may quote it
             raise InvalidImageError(f"the DICOM file cannot be decoded: its header holds an invalid value "
                                     f"({type(error).__name__})") from error
-
-
-def decodable_transfer_syntaxes() -> list[UID]:
-    """Every transfer syntax whose pixel data decode_dicom reads with the plug-ins installed: the uncompressed ones,
-    JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 and HTJ2K, RLE."""
-    return [UID(syntax) for syntax in AllTransferSyntaxes if _decodable(UID(syntax))]
 
 
 def facts(dataset: Dataset) -> dict[str, str | int | None]:
@@ -186,20 +180,17 @@ def _header_int(dataset: Dataset, keyword: str) -> int:
 
 def _first_frame(dataset: Dataset) -> np.ndarray:
     syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
-    if not _decodable(syntax):
+    try:
+        decodable = get_decoder(syntax).is_available
+    except NotImplementedError:  # no decoder exists for it (video, JPEG XL, a private syntax, ...)
+        decodable = False
+    if not decodable:
         described = syntax if syntax.name == syntax else f"{syntax.name} ({syntax})"
         raise InvalidImageError(f"DICOM transfer syntax {described} cannot be decoded here")
     try:
         return pixel_array(dataset, index=FRAME_USED - 1)
     except Exception as error:  # the decoders raise ValueError, RuntimeError, ... on bad pixel data
         raise InvalidImageError("the DICOM pixel data is corrupt and cannot be decoded") from error
-
-
-def _decodable(syntax: UID) -> bool:
-    try:
-        return bool(get_decoder(syntax).is_available)
-    except NotImplementedError:  # no decoder exists for it (video, JPEG XL, a private syntax, ...)
-        return False
 
 
 def _displayed(frame: np.ndarray, dataset: Dataset, *, invert: bool,

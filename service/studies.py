@@ -12,8 +12,10 @@ study still names it (JobStore.grow_batch, `only_if`), and taking a quiet study 
 reserved; whichever comes first, the other sees it. Every time compared is Redis' own.
 """
 
+from collections.abc import Callable
 from typing import cast
 
+from service.channels import Reports
 from service.connections import connect
 from service.jobstore import JobStore, Lane
 from service.keys import ADMISSIONS, DICOM_STUDIES, dicom_study_key
@@ -67,19 +69,24 @@ class StudyGroups:
     def close(self) -> None:
         self._redis.close()
 
-    def batch_of(self, study_uid: str, *, owner: str) -> str:
-        """The id of the open batch of the study, opened now (owned by `owner`, in the bulk lane) if it has none."""
+    def batch_of(self, study_uid: str, *, owner: str, reports: Callable[[], Reports | None] = lambda: None,
+                 explain: bool = False) -> str:
+        """The id of the open batch of the study, opened now (owned by `owner`, in the bulk lane) if it has none:
+        with the reports `reports()` asks (service/channels.py, reports_asked), called only then, and with heatmap
+        captures if `explain` and it asks for reports."""
         key = dicom_study_key(study_uid)
         known = cast(str | None, self._redis.get(key))
         if known is not None:
             return known
-        batch, _ = self._store.open_batch(total=0, owner=owner, lane=Lane.BULK)
+        asked = reports()
+        batch, _ = self._store.open_batch(total=0, owner=owner, lane=Lane.BULK, reports=asked,
+                                          explain=explain and asked is not None)
         if self._redis.set(key, batch.id, nx=True, ex=self._store.ttl):
             self.prolong(study_uid)
             return batch.id
         # Another association opened it first: this empty batch closes at once and stays empty.
         self._store.close_admission(batch.id)
-        return self.batch_of(study_uid, owner=owner)
+        return self.batch_of(study_uid, owner=owner, reports=reports, explain=explain)
 
     def grow(self, study_uid: str, batch_id: str, *, job_id: str, image_bytes: int, max_queue: int) -> int:
         """Reserve a job in the study's batch (JobStore.grow_batch), if the study still names that batch; its quiet
