@@ -5,8 +5,10 @@ the object store: service/images.py, as the API writes uploads) and its record q
 queue or Redis' byte budget full, Redis or the object store not answering) answers 0xA700, out of resources, and
 leaves nothing behind, so that the sender sends it again later.
 
-Privacy: of the header, only the study's, series' and instance's UIDs are read here; the job is named
-`<SOPInstanceUID>.dcm`, and logs carry UIDs only. The file itself travels as received, to the worker.
+Privacy: of the header, only the study's, series' and instance's UIDs are read here (pneuradnet/dicomidentity.py);
+the job is named `<SOPInstanceUID>.dcm`, and logs carry UIDs only. The file itself travels as received, to the
+worker. When reports are asked, the patient and study modules of a study's first instance are kept beside its batch
+for the report (service/channels.py, as STOW-RS keeps them), never in a record or a log.
 """
 
 import logging
@@ -36,7 +38,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 """Refused for now: the sender keeps the instance and sends it again later."""
 CANNOT_UNDERSTAND = 0xC000
-"""Refused for good: the data set lacks what the node needs to file it (its study or instance UID)."""
+"""Refused for good: the data set lacks what the node needs to file it (its UIDs, its transfer syntax)."""
 
 OWNER_PREFIX = "dicom:"
 """A node's batches are owned by `dicom:<calling AE title>`: each modality or PACS has its own fair share."""
@@ -89,8 +91,7 @@ class Intake:
                 job_id, batch_id = self._store_job(instance, path, owner=owner)
         except (QueueFull, StoreFull, AdmissionClosed, ObjectStoreUnavailable, RedisError) as error:
             log.warning("instance %s of study %s from %s refused for now (out of resources): %s",
-                        instance.sop_instance_uid,
-                        instance.study_uid, calling_ae_title, error)
+                        instance.sop_instance_uid, instance.study_uid, calling_ae_title, error)
             return OUT_OF_RESOURCES
         job_event(log, "received", job_id, batch_id=batch_id, status="queued")
         log.info("instance %s of series %s of study %s from %s is job %s of batch %s", instance.sop_instance_uid,
