@@ -1,4 +1,4 @@
-# One image for both processes: `web` (the default command) and `worker` (see docker-compose.yml, Procfile).
+# One image for every process: `web` (the default command), `worker` and `dicom` (see docker-compose.yml, Procfile).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,6 +14,7 @@ COPY pneuradnet ./pneuradnet
 COPY api ./api
 COPY worker ./worker
 COPY service ./service
+COPY dicomnode ./dicomnode
 COPY models ./models
 
 # The default model is baked in at build time: its package ships the model file (installed without its
@@ -27,5 +28,5 @@ print(m.distribution('pneumonia-model-package').locate_file('pneumonia_model_pac
 RUN useradd --create-home --uid 10001 pneuradnet
 USER pneuradnet
 
-EXPOSE 8000
+EXPOSE 8000 11112
 CMD ["sh", "-c", "exec uvicorn api.main:app --host 0.0.0.0 --port ${PORT:-8000}"]

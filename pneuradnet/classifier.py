@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from pneuradnet.errors import InvalidImageError, ModelManifestError
-from pneuradnet.images import RADIOGRAPH_SHAPE, SOURCE_INFO, ShapeLimits, decode_image
-from pneuradnet.manifest import ModelManifest, load_manifest, resolve_model_file
+from pneuradnet.images import RADIOGRAPH_SHAPE, SOURCE_INFO, ShapeLimits, decode_image, source_size
+from pneuradnet.manifest import ModelManifest, Resize, load_manifest, resolve_model_file
 from pneuradnet.preprocess import to_model_input
 from pneuradnet.results import Prediction
 from pneuradnet.runtimes import Runtime, load_runtime
@@ -92,8 +92,11 @@ class Classifier:
     def prepare(self, filename: str, data: bytes, *, keep_decoded: bool = False) -> PreparedImage:
         """Decode and preprocess one image; raises InvalidImageError for anything that is not one."""
         started = time.perf_counter()
-        image = decode_image(data)
-        self.shape_limits.check(*image.size)
+        # The default model resizes with NEAREST: a DICOM is then displayed at the sample points alone.
+        sample_to = (self.manifest.input.width, self.manifest.input.height) \
+            if self.manifest.resize is Resize.NEAREST and not keep_decoded else None
+        image = decode_image(data, sample_to=sample_to)
+        self.shape_limits.check(*source_size(image))
         pixels = to_model_input(image, self.manifest)
         return PreparedImage(filename, pixels, _ms_since(started), source=image.info.get(SOURCE_INFO),
                              decoded=image if keep_decoded else None)

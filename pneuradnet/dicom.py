@@ -13,6 +13,7 @@ pneuradnet/sr.py), not the patient.
 
 import io
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pydicom
@@ -23,7 +24,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_d
 from pydicom.uid import UID
 
 from pneuradnet.errors import InvalidImageError
-from pneuradnet.images import SOURCE_INFO, check_size
+from pneuradnet.images import SAMPLED_FROM, SOURCE_INFO, check_size
+from pneuradnet.preprocess import nearest_sample_points
 
 FACTS = {
     "modality": "Modality",
@@ -66,16 +68,21 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 """DICOM's UI value representation (at most 64 characters): what a UID must look like to be reported."""
 
 
-def decode_dicom(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
+def decode_dicom(data: bytes, *, max_pixels: int, max_side: int,
+                 sample_to: tuple[int, int] | None = None) -> Image.Image:
     """The first frame of a DICOM file as an upright image in mode `L` or `RGB`, as a viewer displays it.
 
     Grayscale: rescale slope/intercept or Modality LUT, then the first VOI LUT or window (else the data's own
     range) maps to black..white, MONOCHROME1 is inverted so that bone is bright. `image.info[SOURCE_INFO]`
     holds the FACTS, with the frame count and the frame used.
+
+    `sample_to` (width, height): a grayscale frame comes as Pillow's NEAREST resize of it to that size would, the
+    display computed at the sample points only (on a 2,500 x 3,000 frame, 2 ms instead of 60: BENCHMARKS.md,
+    "DICOM"), and `image.info[SAMPLED_FROM]` holds the frame's own size. Colour frames come whole.
     """
     with disable_value_validation():
         try:
-            return _decode(data, max_pixels=max_pixels, max_side=max_side)
+            return _decode(data, max_pixels=max_pixels, max_side=max_side, sample_to=sample_to)
         except InvalidImageError:
             raise
         except Exception as error:  # e.g. a Rescale Slope that is not a number; pydicom's words may quote it
@@ -97,7 +104,7 @@ def facts(dataset: Dataset) -> dict[str, str | int | None]:
     return found
 
 
-def _decode(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
+def _decode(data: bytes, *, max_pixels: int, max_side: int, sample_to: tuple[int, int] | None) -> Image.Image:
     dataset = _read(data)
     if "PixelData" not in dataset:
         raise InvalidImageError(f"the DICOM file has no pixel data{_what_it_is(dataset)}: it is not an image, "
@@ -109,7 +116,12 @@ def _decode(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
         raise InvalidImageError(f"DICOM photometric interpretation {photometric or '(none)'} is not accepted: "
                                 f"send {', '.join(_GRAYSCALE)} or RGB")
     frame = _first_frame(dataset)
-    if photometric in _GRAYSCALE:
+    if photometric in _GRAYSCALE and sample_to is not None:
+        height, width = frame.shape[:2]
+        points = np.ix_(nearest_sample_points(height, sample_to[1]), nearest_sample_points(width, sample_to[0]))
+        image = Image.fromarray(_displayed(frame, dataset, invert=photometric == "MONOCHROME1", points=points))
+        image.info[SAMPLED_FROM] = (width, height)
+    elif photometric in _GRAYSCALE:
         image = Image.fromarray(_displayed(frame, dataset, invert=photometric == "MONOCHROME1"))
     else:
         image = Image.fromarray(_colour(frame, dataset), "RGB")
@@ -181,9 +193,17 @@ def _first_frame(dataset: Dataset) -> np.ndarray:
         raise InvalidImageError("the DICOM pixel data is corrupt and cannot be decoded") from error
 
 
-def _displayed(frame: np.ndarray, dataset: Dataset, *, invert: bool) -> np.ndarray:
-    values = apply_modality_lut(frame, dataset)
-    values, black, white = _values_of_interest(values, dataset)
+def _displayed(frame: np.ndarray, dataset: Dataset, *, invert: bool,
+               points: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    """The frame's 8-bit display; at `points` only (an np.ix_ of rows and columns), if given. Every step maps a
+    pixel on its own but the data's own range (without VOI LUT or window), which is the whole frame's either way."""
+    if points is None:
+        values = apply_modality_lut(frame, dataset)
+        values, black, white = _values_of_interest(values, dataset, lambda: (float(values.min()),
+                                                                             float(values.max())))
+    else:
+        values = apply_modality_lut(frame[points], dataset)
+        values, black, white = _values_of_interest(values, dataset, lambda: _modality_range(frame, dataset))
     if white > black:
         shade = np.clip((values.astype(np.float64) - black) / (white - black), 0.0, 1.0)
     else:
@@ -193,10 +213,21 @@ def _displayed(frame: np.ndarray, dataset: Dataset, *, invert: bool) -> np.ndarr
     return np.rint(shade * 255.0).astype(np.uint8)
 
 
-def _values_of_interest(values: np.ndarray, dataset: Dataset) -> tuple[np.ndarray, float, float]:
+def _modality_range(frame: np.ndarray, dataset: Dataset) -> tuple[float, float]:
+    """The least and the greatest value of the whole frame after its modality LUT, as apply_modality_lut computes
+    each: a rescale is linear, so its extremes are those of the frame's own extremes; a LUT is looked up whole."""
+    if "ModalityLUTSequence" in dataset:
+        values = apply_modality_lut(frame, dataset)
+        return float(values.min()), float(values.max())
+    ends = apply_modality_lut(np.array([frame.min(), frame.max()], dtype=frame.dtype), dataset)
+    return float(ends.min()), float(ends.max())
+
+
+def _values_of_interest(values: np.ndarray, dataset: Dataset,
+                        data_range: Callable[[], tuple[float, float]]) -> tuple[np.ndarray, float, float]:
     """The values after the file's first VOI LUT or window, and the two values shown as black and as white.
 
-    Without either, the data's own range is shown, as images.py stretches a 16-bit PNG.
+    Without either, the data's own range (`data_range`) is shown, as images.py stretches a 16-bit PNG.
     """
     if dataset.get("VOILUTSequence"):
         entries, first_mapped, _ = dataset.VOILUTSequence[0].LUTDescriptor
@@ -210,7 +241,7 @@ def _values_of_interest(values: np.ndarray, dataset: Dataset) -> tuple[np.ndarra
             return apply_windowing(values, dataset, index=0), float(black), float(white)
         except (TypeError, ValueError):
             pass  # a window pydicom refuses (a width under 1, not a number, ...) is ignored, as viewers do
-    return values, float(values.min()), float(values.max())
+    return values, *data_range()
 
 
 def _colour(frame: np.ndarray, dataset: Dataset) -> np.ndarray:

@@ -11,6 +11,7 @@ import pydicom
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
+    AllTransferSyntaxes,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
@@ -50,6 +51,11 @@ class DicomIdentity:
         """Whether an installed decoder reads its pixel data (the uncompressed syntaxes, JPEG baseline and lossless,
         JPEG-LS, JPEG 2000 and RLE with the pylibjpeg plug-ins)."""
         return decodable(self.transfer_syntax_uid)
+
+
+def decodable_transfer_syntaxes() -> list[UID]:
+    """Every transfer syntax an installed decoder reads (what the DICOM node offers for each class)."""
+    return [UID(syntax) for syntax in AllTransferSyntaxes if decodable(syntax)]
 
 
 def decodable(transfer_syntax_uid: str) -> bool:

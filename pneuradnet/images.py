@@ -22,6 +22,10 @@ DICOM_MARKER_OFFSET = 128
 SOURCE_INFO = "source"
 """Key of `image.info` where decode_image leaves non-identifying facts about the file (for DICOM only, so far)."""
 
+SAMPLED_FROM = "sampled_from"
+"""Key of `image.info` where decode_image, asked for a NEAREST sample of the image (`sample_to`), leaves the
+(width, height) of the whole image it sampled."""
+
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); a 14x17 inch detector at 100 µm is about 24 Mpx."""
 
@@ -71,17 +75,22 @@ _MODES_KEPT = ("L", "RGB")
 Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE,
+                 sample_to: tuple[int, int] | None = None) -> Image.Image:
     """Decode PNG, JPEG or DICOM bytes into an upright image in mode `L` or `RGB`.
 
     16-bit grayscale is stretched to 8 bits over its own range (a 12-bit detector would otherwise be
     nearly black); palette, CMYK and alpha images become RGB as Keras' `load_img` makes them. DICOM is
     recognised by its marker and shown as a viewer shows it (see pneuradnet.dicom.decode_dicom).
+
+    `sample_to` (width, height): the image is only to be resized there with NEAREST. A grayscale DICOM then comes
+    already resized, its display computed at the sample points alone (bit for bit the same pixels); source_size()
+    tells the whole image's size. Other images come whole.
     """
     if not data:
         raise InvalidImageError("the file is empty")
     if is_dicom(data):
-        return _decode_dicom(data, max_pixels=max_pixels, max_side=max_side)
+        return _decode_dicom(data, max_pixels=max_pixels, max_side=max_side, sample_to=sample_to)
     image = _open(data)
     check_size(*image.size, max_pixels=max_pixels, max_side=max_side)
     try:
@@ -104,13 +113,20 @@ def check_size(width: int, height: int, *, max_pixels: int, max_side: int) -> No
         )
 
 
-def _decode_dicom(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image decode_image decoded: the whole one's, when it answered a sample of it."""
+    sampled_from: tuple[int, int] = image.info.get(SAMPLED_FROM, image.size)
+    return sampled_from
+
+
+def _decode_dicom(data: bytes, *, max_pixels: int, max_side: int,
+                  sample_to: tuple[int, int] | None) -> Image.Image:
     try:
         from pneuradnet.dicom import decode_dicom  # only when a DICOM comes: pydicom is optional, and slow to load
     except ImportError as error:
         raise InvalidImageError("DICOM files cannot be decoded here: pydicom is not installed "
                                 "(the pneuradnet[dicom] extra)") from error
-    return decode_dicom(data, max_pixels=max_pixels, max_side=max_side)
+    return decode_dicom(data, max_pixels=max_pixels, max_side=max_side, sample_to=sample_to)
 
 
 def _open(data: bytes) -> Image.Image:

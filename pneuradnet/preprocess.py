@@ -34,3 +34,13 @@ def scale_pixels(pixels: np.ndarray, scaling: Scaling) -> np.ndarray:
     if scaling is Scaling.UNIT:
         return pixels / np.float32(255.0)
     return pixels
+
+
+def nearest_sample_points(source: int, target: int) -> np.ndarray:
+    """The source columns (or rows) Pillow's NEAREST resize of `source` pixels to `target` reads, in order: a
+    NEAREST resize of an image is its pixels at these rows and columns, bit for bit, so an image that is only to be
+    resized need only be computed there (pneuradnet.dicom). Asked of Pillow itself, on a ramp of indices, so that
+    it is right whatever arithmetic Pillow's resize uses (a scale of one row or column maps each axis on its own)."""
+    ramp = Image.fromarray(np.arange(source, dtype=np.int32)[np.newaxis, :])  # mode I: indices, unrounded
+    points: np.ndarray = np.asarray(ramp.resize((target, 1), Image.Resampling.NEAREST))[0].astype(np.intp)
+    return points

@@ -36,6 +36,7 @@ if [[ "${1:-}" == "--test" ]]; then
     need_debian iptables iptables
     need_debian /usr/sbin/Orthanc orthanc  # the PACS of tests/worker/test_reports.py (tests/orthanc.py)
     need_debian /usr/share/orthanc/plugins/libOrthancDicomWeb.so orthanc-dicomweb  # its STOW-RS
-    need_debian dsrdump dcmtk  # an independent reader of the structured report (tests/pneuradnet/test_sr.py)
+    need_debian dsrdump dcmtk  # an independent reader of the structured report (tests/pneuradnet/test_sr.py); the
+    # DICOM node's tests send with its echoscu and storescu
     need_debian promtool prometheus  # tests/monitoring/: promtool checks and unit-tests the alert rules
 fi

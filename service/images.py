@@ -11,10 +11,14 @@ deleted: an image submitted by reference is not noted.
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from service.imagestore import ObjectLocation, ObjectStore
 from service.jobstore import Job, JobStore, Upload
 from service.settings import Settings
+
+FILE_PIECE = 1024 * 1024
+"""Bytes of a file written into Redis at once (keep_file): a 30 MB DICOM instance is never whole in memory."""
 
 DELETE_AT_ONCE = 1000
 """Objects deleted in one sweep's request (S3's DeleteObjects takes at most 1000)."""
@@ -66,6 +70,24 @@ class JobImages:
         self._store.note_owned_images([str(location) for location, _ in written])
         self._objects.put_many(written)
         return kept
+
+    def keep_file(self, batch_id: str, place: int, job_id: str, filename: str, path: Path) -> Upload:
+        """Write the image in the file at `path` where it waits, as `keep` does, for job `job_id` of the batch (its
+        `place` names its object): into Redis a piece of FILE_PIECE at a time, or to the object store; the upload
+        as the job store is to record it."""
+        if self._bucket is None or self._objects is None:
+            with path.open("rb") as file:
+                written = self._store.write_image(job_id, iter(lambda: file.read(FILE_PIECE), b""))
+            return Upload(filename, b"", written=written)
+        (kept,) = self.keep(batch_id, place, [Upload(filename, path.read_bytes())])
+        return kept
+
+    def forget_file(self, job_id: str, kept: Upload) -> None:
+        """Delete what keep_file wrote into Redis for a job that will not be stored (an object it wrote is made due
+        for deletion, as for any upload whose job was not stored)."""
+        if kept.written:
+            self._store.forget_image(job_id)
+        self._store.owned_images_now_due([kept.location] if kept.owned else [])
 
     def read(self, jobs: Sequence[Job]) -> list[bytes | Callable[[], bytes] | None]:
         """Each job's image, in order: its bytes, read from Redis in one round trip; or, for an object, a callable

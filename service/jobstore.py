@@ -8,7 +8,7 @@ never disagree.
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -193,6 +193,9 @@ class Batch:
     """The callback asked at submission (callback_url) and how its delivery goes; None without one."""
     reports: dict[Channel, CallbackStatus] | None = None
     """The reports asked at intake (open_batch's `reports`), by channel, and how each delivery goes; None without."""
+    growing: bool = False
+    """Its size is not known yet: it grows as its images arrive (grow_batch, a DICOM study) until its admission
+    closes."""
 
     @property
     def finished(self) -> int:
@@ -201,7 +204,7 @@ class Batch:
 
     @property
     def done(self) -> bool:
-        return self.finished >= self.total
+        return not self.growing and self.finished >= self.total
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,9 @@ class Upload:
     """The s3:// object that holds the image, if not Redis: written there by the service (`owned`), or named by
     the client (a submission by reference)."""
     owned: bool = False
+    written: int = 0
+    """Bytes of the image already in Redis at its job's image_key, written in pieces by write_image (a DICOM
+    instance received into a file): add_jobs leaves them as they are."""
 
 
 class JobStore:
@@ -239,6 +245,9 @@ class JobStore:
         self._open_batch = self._redis.register_script(scripts.OPEN_BATCH)
         self._add_jobs = self._redis.register_script(scripts.ADD_JOBS)
         self._close_admission = self._redis.register_script(scripts.CLOSE_ADMISSION)
+        self._grow_batch = self._redis.register_script(scripts.GROW_BATCH)
+        self._shrink_batch = self._redis.register_script(scripts.SHRINK_BATCH)
+        self._keep_admitting = self._redis.register_script(scripts.KEEP_ADMITTING)
 
     def close(self) -> None:
         self._redis.close()
@@ -306,17 +315,21 @@ class JobStore:
             raise StoreFull(int(answer[1]), int(answer[2]))
         return batch, True
 
-    def add_jobs(self, batch: Batch, uploads: Sequence[Upload], *, stored_before: int) -> list[Job]:
+    def add_jobs(self, batch: Batch, uploads: Sequence[Upload], *, stored_before: int,
+                 job_ids: Sequence[str] | None = None) -> list[Job]:
         """Store the next jobs of a batch being admitted, queued in its lane (an upload known bad is stored failed);
         the jobs stored, in order. `stored_before`: how many of the batch's jobs were stored before these (it makes a
-        repeated call store nothing twice). AdmissionClosed if the batch's admission was closed or it has expired:
-        nothing of these is stored then."""
-        jobs = [_job_of(batch, upload) for upload in uploads]
+        repeated call store nothing twice); -1 in a batch that grows (grow_batch), whose jobs come in no set order.
+        AdmissionClosed if the batch's admission was closed or it has expired: nothing of these is stored then.
+        `job_ids`: the jobs' ids, if chosen before (grow_batch); new ones by default."""
+        ids = job_ids if job_ids is not None else [str(uuid.uuid4()) for _ in uploads]
+        jobs = [_job_of(batch, upload, job_id) for upload, job_id in zip(uploads, ids, strict=True)]
         pipe = self._redis.pipeline(transaction=False)
         # The images go in as plain SETs ahead of the script, in the same round trip: handed to the script, each
         # would be copied into Lua and back out, which doubled Redis' time to store a 109 MB archive (0.4 s).
         for job, upload in zip(jobs, uploads, strict=True):
-            if upload.error is None and not upload.location:  # an empty file too: its job fails as such
+            # An empty file too (its job fails as such); not an image written in pieces already.
+            if upload.error is None and not upload.location and not upload.written:
                 pipe.set(image_key(job.id), upload.data, ex=self.ttl)
         self._add_jobs(
             keys=[batch_key(batch.id), batch_jobs_key(batch.id), QUEUED_REGISTRIES[batch.lane], METRICS, ADMISSIONS,
@@ -336,6 +349,44 @@ class JobStore:
         if answer == "out-of-order":
             raise AdmissionClosed(f"batch {batch.id} has other jobs at place {stored_before}: two writers?")
         return jobs
+
+    def grow_batch(self, batch_id: str, *, job_id: str, image_bytes: int, max_queue: int | None = None,
+                   only_if: tuple[str, str] | None = None) -> int:
+        """Reserve one more job, `job_id`, in a batch opened with total 0 whose images arrive one by one (a DICOM
+        study): its place in the queue and its bytes in Redis (`image_bytes`: what its image will keep there). The
+        batch's total grows by one; store the job with add_jobs(stored_before=-1). A number for the job, never given
+        to another of the batch (it names the job's object in a bucket).
+
+        QueueFull or StoreFull as open_batch, nothing reserved then; AdmissionClosed if the batch's admission is
+        closed, or `only_if` (a key, the value it must hold) does not hold. A repeat for the same job answers the
+        same number."""
+        condition = only_if or (batch_key(batch_id), batch_id)
+        answer = self._grow_batch(
+            keys=[batch_key(batch_id), QUEUED_REGISTRIES[Lane.BULK], QUEUED_REGISTRIES[Lane.INTERACTIVE], ADMISSIONS,
+                  ADMISSION_BYTES, job_key(job_id), condition[0]],
+            args=[batch_id, -1 if max_queue is None else max_queue, image_bytes + JOB_RECORD_BYTES,
+                  self._budget_bytes, self.ttl])
+        if answer[0] == "closed":
+            raise AdmissionClosed(f"the admission of batch {batch_id} is closed")
+        if answer[0] == "full":
+            raise QueueFull(int(answer[1]), max_queue or 0)
+        if answer[0] == "store-full":
+            raise StoreFull(int(answer[1]), int(answer[2]))
+        return int(answer[1])
+
+    def shrink_batch(self, batch_id: str, *, job_id: str, image_bytes: int) -> bool:
+        """Give back the place grow_batch reserved for `job_id`, whose job will not be stored; False if it was
+        given back already, or the job is stored."""
+        return bool(self._shrink_batch(keys=[batch_key(batch_id), ADMISSIONS, ADMISSION_BYTES, job_key(job_id)],
+                                       args=[batch_id, image_bytes + JOB_RECORD_BYTES]))
+
+    def keep_admitting(self, batch_ids: Sequence[str]) -> None:
+        """Tell the reconciler these batches' admissions are alive though they store nothing now (they wait for
+        more images): the stalled-admission rule takes an admission for dead only when this stops."""
+        pipe = self._redis.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            self._keep_admitting(keys=[batch_key(batch_id)], client=pipe)
+        pipe.execute()
 
     def close_admission(self, batch_id: str) -> int:
         """End a batch's admission and free its remaining reserved places: every job is stored, or its admission was
@@ -406,11 +457,29 @@ class JobStore:
                      lane=Lane(fields.get("lane", Lane.BULK)), explain=fields.get("explain") == "1",
                      interrupted=int(fields.get("interrupted", 0)), callback=CallbackStatus.of(fields),
                      reports={channel: status for channel in REPORT_CHANNELS
-                              if (status := CallbackStatus.of(fields, channel)) is not None} or None)
+                              if (status := CallbackStatus.of(fields, channel)) is not None} or None,
+                     growing=fields.get("open_ended") == "1" and "admitting_at" in fields)
 
     def batch_job_ids(self, batch_id: str, *, start: int = 0, stop: int = -1) -> list[str]:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
         return cast(list[str], self._redis.lrange(batch_jobs_key(batch_id), start, stop))  # a decoding client
+
+    def write_image(self, job_id: str, pieces: Iterable[bytes]) -> int:
+        """Write a job's image into Redis a piece at a time, before add_jobs stores the job (with Upload.written),
+        so that a large file is never whole in this process's memory; the bytes written. It expires with JOB_TTL if
+        its job is never stored."""
+        written = 0
+        for piece in pieces:
+            if written == 0:
+                self._raw.set(image_key(job_id), piece, ex=self.ttl)
+            else:  # at its offset, not appended: a piece sent again (a retry) lands where it did
+                self._raw.setrange(image_key(job_id), written, piece)
+            written += len(piece)
+        return written
+
+    def forget_image(self, job_id: str) -> None:
+        """Delete an image write_image wrote for a job that will not be stored."""
+        self._raw.delete(image_key(job_id))
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """The uploaded bytes of each job, in order, in one round trip; None where they are gone."""
@@ -665,8 +734,8 @@ def _fingerprint(uploads: Sequence[Upload], *, explain: bool = False) -> str:
     return digest.hexdigest()
 
 
-def _job_of(batch: Batch, upload: Upload) -> Job:
-    return Job(id=str(uuid.uuid4()), batch_id=batch.id, filename=upload.filename, created_at=batch.created_at,
+def _job_of(batch: Batch, upload: Upload, job_id: str) -> Job:
+    return Job(id=job_id, batch_id=batch.id, filename=upload.filename, created_at=batch.created_at,
                owner=batch.owner, explain=batch.explain, lane=batch.lane,
                status=JobStatus.QUEUED if upload.error is None else JobStatus.FAILED, error=upload.error,
                image=upload.location, image_owned=upload.owned)
@@ -674,7 +743,7 @@ def _job_of(batch: Batch, upload: Upload) -> Job:
 
 def _bytes_in_redis(upload: Upload) -> int:
     """What an upload's image takes in Redis: its bytes, unless it is unreadable or kept in an object store."""
-    return len(upload.data) if upload.error is None and not upload.location else 0
+    return len(upload.data) + upload.written if upload.error is None and not upload.location else 0
 
 
 def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

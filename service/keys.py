@@ -47,6 +47,11 @@ Layout (all under the `pneuradnet:` prefix; job and batch keys expire JOB_TTL af
 - `fair:released:{request}`  string: JSON {"run", "released"}: what a fair-share step released (a chunk's finish,
                         named by the chunk; an admission, by its own id), so that its repeat answers the same and a
                         second run of the chunk's task releases nothing
+- `dicom:studies`      sorted set: the StudyInstanceUID of each study the DICOM node is receiving, scored by when it
+                        is quiet long enough to close (DICOM_STUDY_TIMEOUT after its last instance), on Redis' clock
+                        (service/studies.py)
+- `dicom:study:{uid}`   string: the id of the batch a study's instances go to while it is open, expiring JOB_TTL
+                        after it opened
 
 The Celery broker's own keys (the queue lists, kombu's unacked hash) are kombu's, named in service/queue.py and
 service/broker.py.
@@ -65,6 +70,7 @@ WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 ADMISSIONS = f"{PREFIX}:admissions"
 ADMISSION_BYTES = f"{PREFIX}:admissions:bytes"
 IMAGES_OWNED = f"{PREFIX}:images:owned"
+DICOM_STUDIES = f"{PREFIX}:dicom:studies"
 
 WORKER_TTL = 30
 """Seconds a worker's announcement lives without a heartbeat; a worker beats every WORKER_TTL / 3."""
@@ -129,3 +135,7 @@ def study_header_key(batch_id: str) -> str:
 
 def fair_released_key(request: str) -> str:
     return f"{PREFIX}:fair:released:{request}"
+
+
+def dicom_study_key(study_uid: str) -> str:
+    return f"{PREFIX}:dicom:study:{study_uid}"

@@ -24,7 +24,9 @@ run) sweeps:
    sends failed) releases them.
 7. **Images done with.** The images the service wrote to the object store whose jobs finished or expired, and that
    their worker did not delete (it died, or the store did not answer), are deleted (service/images.py).
-8. **Callbacks and reports.** A batch's callback or report (each channel of service/channels.py) due for
+8. **DICOM studies.** A study no instance came for in DICOM_STUDY_TIMEOUT has its batch's admission closed, as
+   the nodes do (service/studies.py): here for when no node is left to.
+9. **Callbacks and reports.** A batch's callback or report (each channel of service/channels.py) due for
    RESEND_AFTER with nothing done about it (its task was lost, its worker died mid-request, or its retry is too far
    off to wait on the broker) gets a delivery task (service/deliveries.py); of the tasks sent for one attempt, one
    makes it.
@@ -49,6 +51,7 @@ from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable
 from service.jobstore import Job, JobStore, Lane
 from service.queue import send_classify_task, send_delivery_task
+from service.studies import StudyGroups
 from service.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ class Sweep:
     """Images the service wrote to the object store, deleted because their jobs finished or expired."""
     callbacks: int = 0
     """Delivery tasks (callbacks and reports) sent for deliveries overdue."""
+    studies_closed: int = 0
+    """DICOM studies quiet for their timeout whose batch's admission was closed."""
 
 
 class Reconciler:
@@ -92,10 +97,12 @@ class Reconciler:
         self._max_batch = max_batch
         self._interval = sweep_interval
         self._deliveries = Deliveries(url)
+        self._studies = StudyGroups(url, store)
 
     def close(self) -> None:
         self._broker.close()
         self._deliveries.close()
+        self._studies.close()
 
     def sweep_if_due(self, sweeper: str) -> Sweep | None:
         """Sweep if it is this process's turn (at most one sweep a SWEEP_INTERVAL in the whole fleet)."""
@@ -105,14 +112,15 @@ class Reconciler:
         if done != Sweep():
             log.warning("reconciled the queue: %d expired ids forgotten, %d lost chunks put back, %d jobs of vanished "
                         "workers requeued, %d jobs without a task dispatched again, %d images deleted, %d callbacks "
-                        "sent again", done.expired, done.chunks_put_back, done.requeued, done.redispatched,
-                        done.images_deleted, done.callbacks)
+                        "sent again, %d quiet DICOM studies closed", done.expired, done.chunks_put_back, done.requeued,
+                        done.redispatched, done.images_deleted, done.callbacks, done.studies_closed)
         return done
 
     def sweep(self) -> Sweep:
         expired = self._store.forget_expired()
         for batch_id in self._store.stalled_admissions(idle_for=ADMISSION_STALLED_AFTER):
             self._store.close_admission(batch_id)  # frees the places it reserved; the batch keeps what it has
+        studies_closed = len(self._studies.close_quiet())
         # The order of the reads matters: the job store's registries, then fair share, then the broker. A job or
         # chunk that moves on meanwhile (released, then sent) is then seen at its later place, never at none.
         leases_over = self._store.leases_over()
@@ -143,7 +151,8 @@ class Reconciler:
                 send_delivery_task(batch_id, attempts, app=self._celery, channel=channel)
             resent += len(overdue)
         return Sweep(expired=expired, chunks_put_back=put_back, requeued=len(abandoned), redispatched=len(stranded),
-                     images_deleted=images_deleted, callbacks=resent)
+                     images_deleted=images_deleted, callbacks=resent,
+                     studies_closed=studies_closed)
 
     def _discard_images(self) -> int:
         try:

@@ -36,6 +36,10 @@ _MARK_CALLBACK_DUE = NOW + """
 -- delivery id (HSETNX: never twice) and puts the batch in the due registry. Returns the batch id if it did, else ''.
 local function mark_callback_due(batch, due_registry, seed, finished_at)
   if redis.call('HEXISTS', batch, 'callback_url') == 0 then return '' end
+  -- A batch that grows as its images arrive (GROW_BATCH) may have all it holds finished and still grow.
+  if redis.call('HGET', batch, 'open_ended') == '1' and redis.call('HEXISTS', batch, 'admitting_at') == 1 then
+    return ''
+  end
   local b = redis.call('HMGET', batch, 'succeeded', 'failed', 'canceled', 'total')
   local finished = (tonumber(b[1]) or 0) + (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0)
   if finished ~= tonumber(b[4]) then return '' end
@@ -160,7 +164,28 @@ if reports_due ~= '' then return {1, status, due, string.match(KEYS[6], '([^:]+)
 return {1, status, due}
 """
 
-OPEN_BATCH = NOW + """
+_ROOM = """
+-- refusal_of(places, bytes, bulk queued, interactive queued, admissions, admissions' bytes, MAX_QUEUE, budget):
+-- nil when `places` more jobs fit in the queue (MAX_QUEUE -1: no limit) and `bytes` more in Redis' byte budget
+-- (0: 90% of Redis' maxmemory, if any), counting what admissions still being stored have reserved; otherwise the
+-- refusal to answer: {'full', jobs queued or reserved now} or {'store-full', bytes used or reserved now, the budget}.
+local function refusal_of(places, bytes, bulk, interactive, admissions, admission_bytes, max_queue, budget)
+  local taken = redis.call('ZCARD', bulk) + redis.call('ZCARD', interactive)
+  for _, reserved in ipairs(redis.call('HVALS', admissions)) do taken = taken + tonumber(reserved) end
+  if tonumber(max_queue) >= 0 and taken + places > tonumber(max_queue) then return {'full', tostring(taken)} end
+  local memory = redis.call('INFO', 'memory')
+  budget = tonumber(budget)
+  if budget == 0 then budget = math.floor(0.9 * tonumber(string.match(memory, 'maxmemory:(%d+)'))) end
+  if budget > 0 then
+    local used = tonumber(string.match(memory, 'used_memory:(%d+)'))
+    for _, reserved in ipairs(redis.call('HVALS', admission_bytes)) do used = used + tonumber(reserved) end
+    if used + bytes > budget then return {'store-full', tostring(used), tostring(budget)} end
+  end
+  return nil
+end
+"""
+
+OPEN_BATCH = NOW + _ROOM + """
 -- Opens a batch whose jobs are stored as they are read: places for all of them are reserved at once, so the queue
 -- never passes MAX_QUEUE whatever else is admitted meanwhile; or answers the batch an idempotent repeat names.
 -- KEYS[1] batch hash   KEYS[2] idempotency key (unused without one)   KEYS[3] bulk lane's queued registry
@@ -182,18 +207,9 @@ if ARGV[9] ~= '' then
   if earlier then return {'repeat', earlier} end
 end
 local total = tonumber(ARGV[8])
-local taken = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
-for _, places in ipairs(redis.call('HVALS', KEYS[5])) do taken = taken + tonumber(places) end
-if tonumber(ARGV[1]) >= 0 and taken + total > tonumber(ARGV[1]) then return {'full', tostring(taken)} end
-local memory = redis.call('INFO', 'memory')
-local budget = tonumber(ARGV[14])
-if budget == 0 then budget = math.floor(0.9 * tonumber(string.match(memory, 'maxmemory:(%d+)'))) end
 local bytes = tonumber(ARGV[13])
-if budget > 0 then
-  local used = tonumber(string.match(memory, 'used_memory:(%d+)'))
-  for _, reserved in ipairs(redis.call('HVALS', KEYS[6])) do used = used + tonumber(reserved) end
-  if used + bytes > budget then return {'store-full', tostring(used), tostring(budget)} end
-end
+local refusal = refusal_of(total, bytes, KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[14])
+if refusal then return refusal end
 redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'total', total, 'owner', ARGV[4], 'lane', ARGV[6],
            'explain', ARGV[5], 'queued', total, 'admitted', 0, 'admitting_at', now())
 if ARGV[10] ~= '' then
@@ -226,7 +242,8 @@ ADD_JOBS = _MARK_CALLBACK_DUE + """
 -- KEYS[5] admissions hash   KEYS[6] callbacks' due registry   KEYS[7] admissions' bytes
 -- KEYS[8..] per job: its hash, its image (in Redis)
 -- ARGV[1] TTL   ARGV[2] now (ISO 8601)   ARGV[3] batch channel   ARGV[4] batch id
--- ARGV[5] how many of the batch's jobs were stored before these   ARGV[6] the bytes these take in Redis
+-- ARGV[5] how many of the batch's jobs were stored before these (-1 in a batch that grows as its images arrive, whose
+-- writers store in no set order: GROW_BATCH)   ARGV[6] the bytes these take in Redis
 -- ARGV[7..] per job: id, filename, problem (JSON; '' for a job to queue), where its image is ('' in Redis; an
 -- s3:// location), whether the service wrote it there ('1', '0')
 -- Returns 'added', 'repeat' (these very jobs are stored already), or, removing the images: 'gone' (the batch has
@@ -239,11 +256,11 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then drop_images() return 'gone' end
 local batch = redis.call('HMGET', KEYS[1], 'created_at', 'owner', 'explain', 'lane', 'admitted', 'admitting_at')
 local admitted, offset = tonumber(batch[5]), tonumber(ARGV[5])
-if admitted == offset + count and count > 0 and redis.call('HGET', KEYS[8], 'batch_id') == ARGV[4] then
+if (offset < 0 or admitted == offset + count) and count > 0 and redis.call('HGET', KEYS[8], 'batch_id') == ARGV[4] then
   return 'repeat'
 end
 if not batch[6] then drop_images() return 'closed' end
-if admitted ~= offset then drop_images() return 'out-of-order' end
+if offset >= 0 and admitted ~= offset then drop_images() return 'out-of-order' end
 local at = now()
 for i = 0, count - 1 do
   local id, filename, problem, image, owned = ARGV[7 + 5 * i], ARGV[8 + 5 * i], ARGV[9 + 5 * i], ARGV[10 + 5 * i],
@@ -299,6 +316,9 @@ if missing > 0 then
   mark_callback_due(KEYS[1], KEYS[3], ARGV[1], ARGV[2])  -- what it kept may all have finished already
 end
 redis.call('HDEL', KEYS[1], 'admitting_at')
+if redis.call('HGET', KEYS[1], 'open_ended') == '1' then
+  mark_callback_due(KEYS[1], KEYS[3], ARGV[1], ARGV[2])  -- a batch that grew as it arrived ends only now
+end
 mark_reports_due(KEYS[1], """ + REPORT_CHANNELS_LUA + """, {KEYS[6], KEYS[7]})  -- its jobs may all have finished
 if KEYS[4] ~= KEYS[1] then
   local remembered = redis.call('GET', KEYS[4])
@@ -315,4 +335,65 @@ if KEYS[4] ~= KEYS[1] then
   end
 end
 return missing
+"""
+
+GROW_BATCH = NOW + _ROOM + """
+-- Reserves one more job in a batch whose size is not known when it opens (a DICOM study: its instances arrive one
+-- by one, over any number of associations): its place in the queue and its bytes in Redis, refused as OPEN_BATCH
+-- refuses a whole batch; its total grows by one. The batch stays `open_ended`: it is not done, and its callback not
+-- due, before its admission closes. The reservation names the job it is for (a repeat answers the same place).
+-- KEYS[1] batch hash   KEYS[2] bulk lane's queued registry   KEYS[3] interactive lane's queued registry
+-- KEYS[4] admissions hash   KEYS[5] admissions' bytes   KEYS[6] the job's hash (not stored yet)
+-- KEYS[7] a key that must hold the batch id for the batch to grow (the batch hash again: no such condition)
+-- ARGV[1] batch id   ARGV[2] MAX_QUEUE (-1: no limit)   ARGV[3] the bytes the job will take in Redis
+-- ARGV[4] the byte budget (0: 90% of Redis' maxmemory, if any)   ARGV[5] TTL
+-- Returns {'reserved', a number never given to another job of the batch}, {'closed'} (the admission is closed, or
+-- KEYS[7] names another batch), {'full', ...} or {'store-full', ...} (as OPEN_BATCH).
+local earlier = redis.call('HGET', KEYS[6], 'place')
+if earlier then return {'reserved', earlier} end
+if redis.call('HEXISTS', KEYS[1], 'admitting_at') == 0 then return {'closed'} end
+if KEYS[7] ~= KEYS[1] and redis.call('GET', KEYS[7]) ~= ARGV[1] then return {'closed'} end
+local bytes = tonumber(ARGV[3])
+local refusal = refusal_of(1, bytes, KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[4])
+if refusal then return refusal end
+local place = redis.call('HINCRBY', KEYS[1], 'places', 1) - 1
+redis.call('HINCRBY', KEYS[1], 'total', 1)
+redis.call('HINCRBY', KEYS[1], 'queued', 1)
+redis.call('HSET', KEYS[1], 'open_ended', '1', 'admitting_at', now())
+redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
+if bytes > 0 then redis.call('HINCRBY', KEYS[5], ARGV[1], bytes) end
+redis.call('HSET', KEYS[6], 'place', place)
+redis.call('EXPIRE', KEYS[6], ARGV[5])
+return {'reserved', tostring(place)}
+"""
+
+SHRINK_BATCH = ALLOW_OOM + """
+-- Gives back a place GROW_BATCH reserved whose job will not be stored (its image could not be written): the batch's
+-- total, its reserved place and bytes shrink by one job again. A repeat, or a job stored meanwhile, changes nothing.
+-- KEYS[1] batch hash   KEYS[2] admissions hash   KEYS[3] admissions' bytes   KEYS[4] the job's hash
+-- ARGV[1] batch id   ARGV[2] the bytes reserved for the job in Redis
+-- Returns 1 if the place was given back, else 0.
+if redis.call('HEXISTS', KEYS[4], 'id') == 1 or redis.call('DEL', KEYS[4]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'total', -1)
+  redis.call('HINCRBY', KEYS[1], 'queued', -1)
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 and redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+local bytes = 0 - tonumber(ARGV[2])
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 and redis.call('HINCRBY', KEYS[3], ARGV[1], bytes) <= 0 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return 1
+"""
+
+KEEP_ADMITTING = NOW + """
+-- Tells the reconciler a batch still being admitted is alive though it stores nothing now (a DICOM study waiting,
+-- within its quiet time, for more instances): its admission's last sign of life becomes now.
+-- KEYS[1] batch hash
+-- Returns 1, or 0 if its admission is closed.
+if redis.call('HEXISTS', KEYS[1], 'admitting_at') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'admitting_at', now())
+return 1
 """

@@ -17,6 +17,9 @@ from service.webhooks import HostPattern, parse_host_patterns
 MIN_WEBHOOK_SECRET = 16
 """Fewest characters of WEBHOOK_SECRET when callbacks are on."""
 
+AE_TITLE = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$"
+"""A DICOM AE title: printable ASCII but the backslash, not only spaces (and at most 16 characters)."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -112,6 +115,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per line, with job events as fields (event, job_id, batch_id, status)."""
+
+    dicom_port: int = Field(default=11112, gt=0, lt=65536)
+    """TCP port of the DICOM node (dicomnode/): C-ECHO and C-STORE."""
+    dicom_ae_title: str = Field(default="PNEURADNET", max_length=16, pattern=AE_TITLE)
+    """The node's AE title: what a PACS or modality calls it (1-16 characters, no backslash)."""
+    dicom_allowed_peers: str = ""
+    """Comma-separated `AET` or `AET@host` allowed to send to the node; anyone else is rejected at association.
+    Empty: any peer."""
+    dicom_study_timeout: float = Field(default=30.0, gt=0)
+    """Seconds without a new instance of a study after which its batch closes."""
 
     @field_validator("model_manifest")
     @classmethod

@@ -31,3 +31,5 @@ def test_key_formats_are_pinned():
     assert keys.deliveries_due_key("report_dicom") == "pneuradnet:deliveries:due:report_dicom"
     assert keys.deliveries_due_key("report_stow") == "pneuradnet:deliveries:due:report_stow"
     assert keys.study_header_key("b1") == "pneuradnet:batch:b1:study-header"
+    assert keys.DICOM_STUDIES == "pneuradnet:dicom:studies"
+    assert keys.dicom_study_key("1.2.3") == "pneuradnet:dicom:study:1.2.3"

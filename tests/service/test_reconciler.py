@@ -201,3 +201,21 @@ def test_a_key_whose_send_failed_holds_nothing_in_flight_and_moves_at_the_next_s
     assert [len(message.job_ids) for message in messages_in_broker(redis)] == [16, 16]
     assert redis.llen(fair_pending_key("team-a")) == 1
     fair_share.close()
+
+
+def test_a_dicom_study_left_by_its_node_closes_at_a_sweep_once_quiet(redis: Redis, parts):
+    from service.studies import StudyGroups
+
+    store, _, reconciler = parts
+    node = StudyGroups(URL, store, quiet=0.5)
+    batch_id = node.batch_of("1.2.3", owner="dicom:CR1")
+    job_id = "job-1"
+    node.grow("1.2.3", batch_id, job_id=job_id, image_bytes=3, max_queue=100)
+    store.add_jobs(store.get_batch(batch_id), [Upload("1.2.3.4.dcm", b"dcm")], stored_before=-1, job_ids=[job_id])
+    node.close()  # the node dies: nothing closes the study but the sweep
+
+    assert reconciler.sweep().studies_closed == 0 and store.get_batch(batch_id).growing  # within its quiet time
+    time.sleep(0.6)
+    assert reconciler.sweep().studies_closed == 1
+    closed = store.get_batch(batch_id)
+    assert not closed.growing and closed.total == 1 and closed.interrupted == 0
