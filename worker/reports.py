@@ -40,9 +40,6 @@ from worker.webhooks import COUNTDOWN_LIMIT, LEASE_MARGIN, attempt_seconds
 log = logging.getLogger(__name__)
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-CALLING_AE_TITLE = "PNEURADNET"
-"""The AE title the service calls a PACS as: the PACS must know it (Orthanc: DicomModalities)."""
-
 OUT_OF_RESOURCES = 0xA700
 """C-STORE failures 0xA7xx: the PACS is full for now, and a later attempt may succeed."""
 
@@ -93,7 +90,8 @@ def deliver_report(batch_id: str, channel_name: str, attempts_seen: int) -> None
         timeout = settings.webhook_timeout
         try:
             if channel is Channel.REPORT_DICOM:
-                sent = c_store(objects, DicomDestination.parse(destination), timeout=timeout)
+                sent = c_store(objects, DicomDestination.parse(destination), calling=settings.dicom_ae_title,
+                               timeout=timeout)
             else:
                 sent = stow(objects, destination, timeout=timeout)
         except SoftTimeLimitExceeded:
@@ -109,9 +107,10 @@ def deliver_report(batch_id: str, channel_name: str, attempts_seen: int) -> None
             send_delivery_task(batch_id, attempt.number, app=celery_app, countdown=wait, channel=channel)
 
 
-def c_store(objects: Sequence[Dataset], destination: DicomDestination, *, timeout: float) -> Sent:
-    """C-STORE every object over one association, in order; what the PACS answered."""
-    ae = AE(ae_title=CALLING_AE_TITLE)
+def c_store(objects: Sequence[Dataset], destination: DicomDestination, *, calling: str, timeout: float) -> Sent:
+    """C-STORE every object over one association, in order, calling as `calling` (DICOM_AE_TITLE, the title the
+    PACS knows the node by: Orthanc's DicomModalities); what the PACS answered."""
+    ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     for sop_class in dict.fromkeys(str(dataset.SOPClassUID) for dataset in objects):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
