@@ -115,18 +115,18 @@ async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatche
             enqueued = len(jobs)
         await run_in_threadpool(store.close_admission, batch.id)
     except BaseException as error:
-        await _withdraw(store, batch, owner=owner, idempotency=idempotency)
+        await _withdraw(store, batch)
         raise _admission_failed(error, batch, enqueued=enqueued) from error
     for job in jobs:
         job_event(log, "submitted", job.id, batch_id=batch.id, status=job.status.value)
     return batch, jobs
 
 
-async def _withdraw(store: JobStore, batch: Batch, *, owner: str, idempotency: str | None) -> None:
+async def _withdraw(store: JobStore, batch: Batch) -> None:
     """Cancel what was admitted of a failed admission and free its key; if Redis does not answer, the reconciler
     closes the admission when it stalls, which frees the key too."""
     try:
-        await run_in_threadpool(partial(store.withdraw_batch, batch.id, owner=owner, idempotency=idempotency))
+        await run_in_threadpool(store.withdraw_batch, batch.id)
     except Exception as error:
         log.warning("batch %s could not be withdrawn (%s): the reconciler will close its admission", batch.id, error)
 

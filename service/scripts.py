@@ -299,11 +299,13 @@ CLOSE_ADMISSION = ALLOW_OOM + _MARK_CALLBACK_DUE + _MARK_REPORTS_DUE + """
 -- Ends a batch's admission: its remaining reserved places are freed, and no job is added to it afterwards. A batch
 -- whose admission was cut short (its API died, or gave up) keeps the jobs it has: its total becomes what was
 -- admitted, so it can finish, and it says so; its idempotency key is freed, so that the client's retry is admitted
--- anew rather than answered with part of its upload. A batch admitted whole marks its idempotency key so.
+-- anew rather than answered with part of its upload. A batch admitted whole marks its idempotency key so, unless it
+-- is withdrawn (its API failed to enqueue it and cancels it): its key is freed in this same step, so that no repeat
+-- is ever answered with a batch being withdrawn.
 -- KEYS[1] batch hash   KEYS[2] admissions hash   KEYS[3] callbacks' due registry
 -- KEYS[4] the batch's idempotency key (the batch hash again when it has none)   KEYS[5] admissions' bytes
 -- KEYS[6], KEYS[7] the report channels' due registries (report_dicom, report_stow)
--- ARGV[1] batch id   ARGV[2] now (ISO 8601)
+-- ARGV[1] batch id   ARGV[2] now (ISO 8601)   ARGV[3] '1' if the batch is withdrawn, else '0'
 -- Returns the number of jobs that were never admitted.
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
@@ -325,7 +327,7 @@ if KEYS[4] ~= KEYS[1] then
   if remembered then
     local entry = cjson.decode(remembered)
     if entry['batch_id'] == ARGV[1] then
-      if missing > 0 then
+      if missing > 0 or ARGV[3] == '1' then
         redis.call('DEL', KEYS[4])
       else
         entry['state'] = 'admitted'

@@ -258,6 +258,35 @@ def test_a_repeat_of_an_idempotency_key_still_being_admitted_is_told_so_and_neve
     assert (repeat.id, created, repeat.total) == (batch.id, False, 32)
 
 
+def test_a_withdrawn_batch_is_never_a_repeats_answer(store: JobStore, redis: Redis):
+    """Found by bench/chaos.py, seed 987654321: a batch stored whole whose enqueue failed was withdrawn, and a
+    concurrent repeat of its Idempotency-Key got it as its 202 (its jobs canceled) while the retry got another batch.
+    Its key was marked admitted, then deleted a moment later: between the two, the key named a batch being
+    withdrawn. Redis' keyspace events show every write to the key."""
+    uploads = [Upload(f"{n}.png", b"png") for n in range(2)]
+    batch, _ = store.open_batch(total=2, idempotency="upload-1", fingerprint=jobstore._fingerprint(uploads))
+    store.add_jobs(batch, uploads, stored_before=0)  # stored whole: then the broker refused its task
+    db = redis.connection_pool.connection_kwargs["db"]
+    events_before = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    redis.config_set("notify-keyspace-events", "Kg$")
+    watch = redis.pubsub()
+    watch.subscribe(f"__keyspace@{db}__:{keys.idempotency_key('', 'upload-1')}")
+    watch.get_message(timeout=1)  # the subscription's confirmation
+    try:
+        store.withdraw_batch(batch.id)
+        writes = []
+        while message := watch.get_message(timeout=0.5):
+            writes.append(message["data"])
+    finally:
+        watch.close()
+        redis.config_set("notify-keyspace-events", events_before)
+
+    assert writes == ["del"]  # freed in the step that closes the admission, never marked admitted before
+    assert [job.status for job in store.get_jobs(store.batch_job_ids(batch.id))] == [JobStatus.CANCELED] * 2
+    retry, created = store.open_batch(total=2, idempotency="upload-1", fingerprint=jobstore._fingerprint(uploads))
+    assert created and retry.id != batch.id
+
+
 def test_an_admission_cut_short_frees_its_idempotency_key_for_the_retry(store: JobStore):
     batch, _ = store.open_batch(total=32, idempotency="upload-1", fingerprint="f")
     store.add_jobs(batch, [Upload(f"{n}.png", b"png") for n in range(16)], stored_before=0)
