@@ -23,8 +23,10 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 from redis import Redis
 
+from bench.compute import cpu_model
+from bench.drills import _instruction_set
 from bench.inprocess import bulk_images_per_second
-from bench.run import _format, _machine, _peak_rss_mb
+from bench.run import _format, _peak_rss_mb
 from pneuradnet.classifier import Classifier
 from service.jobstore import JobStore
 from service.settings import Settings
@@ -71,7 +73,8 @@ def main() -> None:
                    interval=0.2)
         classified_in = time.perf_counter() - started
         report = {
-            "machine": _machine(), "instances": args.instances, "associations": args.associations,
+            "machine": {"cpu": cpu_model(), "instruction_set": _instruction_set(), "cores": os.cpu_count()},
+            "instances": args.instances, "associations": args.associations,
             "instance_mb": round(megabytes / args.instances, 1), "senders_failed": len(failures),
             "scp_instances_per_second": args.instances / sent_in, "scp_mb_per_second": megabytes / sent_in,
             "node_peak_rss_mb": _peak_rss_mb(node.pid),
