@@ -2,7 +2,9 @@
 
 Two short campaigns, each a process of its own: the fixed seed FIXED_SEED and a random seed (printed, and named in
 the failure's message with the command that replays it). Each must end with every invariant holding. A seed that
-once failed goes into REGRESSION_SEEDS and runs here for good.
+failed within a short run goes into REGRESSION_SEEDS and runs here for good; one that failed late in a 30-minute
+campaign would not reach its moment here, so its race becomes a test of its own that does not depend on timing
+(seed 987654321: tests/service/test_jobstore.py, test_a_withdrawn_batch_is_never_a_repeats_answer).
 
 The checker's own tests need no process: a checker that cannot fail proves nothing, so each invariant is shown
 to break on evidence that breaks it.
