@@ -6,40 +6,25 @@ import uuid
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from PIL import Image
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, generate_uid
 from redis import Redis
 
 from service.keys import batch_key
+from tests.dicomnode.instances import PATIENT, radiograph_instance
 from tests.live_service import TEST_REDIS_URL
 
 pytestmark = pytest.mark.model
 
-PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711-XYZ", "AccessionNumber": "ACC-99817"}
 REFERENCED, FAILED, FAILURE_REASON, BATCHES = "00081199", "00081198", "00081197", "00091010"
 
 
 def instance(jpeg: Path, study: str, *, sop_class: str = DigitalXRayImageStorageForPresentation) -> bytes:
-    """The radiograph as an uncompressed DICOM instance of `study`, its patient named."""
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.SOPClassUID = sop_class
-    dataset.SOPInstanceUID = generate_uid()
-    dataset.StudyInstanceUID = study
-    dataset.SeriesInstanceUID = generate_uid()
-    dataset.Modality = "DX"
-    for keyword, value in PATIENT.items():
-        setattr(dataset, keyword, value)
-    dataset.set_pixel_data(np.asarray(Image.open(jpeg).convert("L")), photometric_interpretation="MONOCHROME2",
-                           bits_stored=8)
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    """The radiograph as an uncompressed DICOM instance of `study`, its patient named (PATIENT)."""
     buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+    radiograph_instance(jpeg, study_uid=study, sop_class=sop_class).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -91,7 +76,7 @@ def test_a_study_becomes_one_batch_classified_as_its_files_uploaded(client: http
     csv = client.get(f"/batches/{batch_id}", params={"format": "csv"}).text
     assert all(f"{sop}.dcm" in csv for sop in stored)
     for text in (answer.text, str(batch), str(jobs), csv):
-        assert not any(value in text for value in ("Doe", "Jane", "4711", "ACC-99817"))
+        assert not any(value in text for value in (*PATIENT.values(), "Doe", "Jane"))
 
 
 def test_instances_of_any_study_each_make_their_own_batch(client: httpx.Client, radiographs: list[Path]):

@@ -150,17 +150,28 @@ def test_the_reconciler_sends_an_overdue_delivery_once_per_resend_period(redis: 
     assert redis.zrange(WEBHOOKS_DUE, 0, -1) == [batch_id]
 
     redis.zadd(WEBHOOKS_DUE, {batch_id: 0})
+    resent, (message,) = sweep_for_deliveries(store)
+    store.close()
+
+    assert resent == 1
+    assert message["headers"]["task"] == "pneuradnet.deliver_callback"
+    assert json.loads(base64.b64decode(message["body"]))[0] == [batch_id, 0]
+
+
+def sweep_for_deliveries(store: JobStore) -> tuple[int, list[dict]]:
+    """One sweep of a reconciler of the Redis at URL: the deliveries it sent again, and the tasks then waiting on
+    the deliveries' queue."""
     celery = make_celery(Settings(redis_url=URL))
     workers, fair_share = WorkerRegistry(URL), FairShare(URL, ttl=600)
     reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
                             fair_share=fair_share, celery=celery, max_batch=16, sweep_interval=30)
-    assert reconciler.sweep().callbacks == 1
-    (message,) = [json.loads(raw) for raw in redis.lrange(WEBHOOK_QUEUE, 0, -1)]
-    assert message["headers"]["task"] == "pneuradnet.deliver_callback"
-    assert json.loads(base64.b64decode(message["body"]))[0] == [batch_id, 0]
-    for part in (reconciler, fair_share, workers, store):
-        part.close()
-    celery.close()
+    try:
+        resent = reconciler.sweep().callbacks
+        return resent, [json.loads(raw) for raw in Redis.from_url(URL).lrange(WEBHOOK_QUEUE, 0, -1)]
+    finally:
+        for part in (reconciler, fair_share, workers):
+            part.close()
+        celery.close()
 
 
 def test_a_batch_finished_by_its_own_admission_is_due(redis: Redis):

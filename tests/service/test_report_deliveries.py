@@ -12,16 +12,12 @@ from redis import Redis
 
 from service.channels import Channel, DicomDestination, Reports
 from service.deliveries import Deliveries
-from service.fairshare import FairShare
-from service.images import JobImages
 from service.jobstore import Batch, JobStore, Upload
 from service.keys import WEBHOOKS_DUE, deliveries_due_key
-from service.queue import WEBHOOK_QUEUE, make_celery
-from service.reconciler import Reconciler
 from service.settings import Settings
 from service.webhooks import CallbackState, Verdict
-from service.workers import WorkerRegistry
 from tests.live_service import UNCONSUMED_REDIS_URL, empty_database
+from tests.service.test_deliveries import sweep_for_deliveries
 
 URL = UNCONSUMED_REDIS_URL
 HEADER = b"DICM-study-header"  # what the store keeps is opaque bytes to it
@@ -138,19 +134,12 @@ def test_the_reconciler_resends_an_overdue_report(store, redis):
     store.close_admission(batch.id)
     succeed(store, job_ids)
     redis.zadd(deliveries_due_key(Channel.REPORT_STOW), {batch.id: 0})
-    celery = make_celery(Settings(redis_url=URL))
-    workers, fair_share = WorkerRegistry(URL), FairShare(URL, ttl=600)
-    reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
-                            fair_share=fair_share, celery=celery, max_batch=16, sweep_interval=30)
 
-    assert reconciler.sweep().callbacks == 1
+    resent, (message,) = sweep_for_deliveries(store)
 
-    (message,) = [json.loads(raw) for raw in redis.lrange(WEBHOOK_QUEUE, 0, -1)]
+    assert resent == 1
     assert message["headers"]["task"] == "pneuradnet.deliver_report"
     assert json.loads(base64.b64decode(message["body"]))[0] == [batch.id, "report_stow", 0]
-    for part in (reconciler, fair_share, workers):
-        part.close()
-    celery.close()
 
 
 def test_reports_need_a_destination_and_a_header():
