@@ -20,10 +20,6 @@ from pneuradnet.dicomidentity import CLASSIFIABLE_CLASSES, decodable_transfer_sy
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_SOP_CLASSES = CLASSIFIABLE_CLASSES
-"""Projection radiography (CR; DX for presentation and for processing; not DX mammography or intra-oral) and
-Secondary Capture. Any other class is refused in its presentation context."""
-
 MAX_PDU_SIZE = 1024 * 1024
 """Largest PDU the node receives. pynetdicom's default (16 KiB) made 32 DX instances of 15 MB over 4 associations
 take 2.7-3.3 s; 1 MiB, 1.8-2.0 s (an unbounded size was no faster, and would let a peer make the node hold a PDU
@@ -43,7 +39,7 @@ def application_entity(ae_title: str) -> AE:
     ae.require_called_aet = True  # a sender that means another AE is told so, not filed here
     ae.add_supported_context(Verification)
     syntaxes = decodable_transfer_syntaxes()
-    for sop_class in ACCEPTED_SOP_CLASSES:
+    for sop_class in CLASSIFIABLE_CLASSES:  # any other class is refused in its presentation context
         ae.add_supported_context(sop_class, syntaxes)
     return ae
 

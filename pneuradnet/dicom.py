@@ -20,9 +20,10 @@ import pydicom
 from PIL import Image
 from pydicom.config import disable_value_validation
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
 from pydicom.uid import UID
 
+from pneuradnet.dicomidentity import decodable
 from pneuradnet.errors import InvalidImageError
 from pneuradnet.images import SAMPLED_FROM, SOURCE_INFO, check_size
 from pneuradnet.preprocess import nearest_sample_points
@@ -180,11 +181,7 @@ def _header_int(dataset: Dataset, keyword: str) -> int:
 
 def _first_frame(dataset: Dataset) -> np.ndarray:
     syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
-    try:
-        decodable = get_decoder(syntax).is_available
-    except NotImplementedError:  # no decoder exists for it (video, JPEG XL, a private syntax, ...)
-        decodable = False
-    if not decodable:
+    if not decodable(syntax):
         described = syntax if syntax.name == syntax else f"{syntax.name} ({syntax})"
         raise InvalidImageError(f"DICOM transfer syntax {described} cannot be decoded here")
     try:

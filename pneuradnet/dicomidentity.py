@@ -59,9 +59,10 @@ def decodable_transfer_syntaxes() -> list[UID]:
 
 
 def decodable(transfer_syntax_uid: str) -> bool:
+    """Whether an installed decoder reads pixel data in this transfer syntax."""
     try:
         return bool(get_decoder(UID(transfer_syntax_uid)).is_available)
-    except NotImplementedError:  # a syntax pydicom knows no decoder for at all
+    except NotImplementedError:  # no decoder exists for it (video, JPEG XL, a private syntax, ...)
         return False
 
 

@@ -289,12 +289,12 @@ class JobStore:
         if callback is not None and fingerprint:
             fingerprint = hashlib.sha256(f"{fingerprint} {callback.url}".encode()).hexdigest()
         created_at = now_iso()
+        destinations = reports.destinations() if reports is not None else {}
         batch = Batch(id=str(uuid.uuid4()), created_at=created_at, total=total, owner=owner,
                       counts={status: 0 for status in JobStatus} | {JobStatus.QUEUED: total}, lane=lane,
                       explain=explain, callback=CallbackStatus.pending() if callback is not None else None,
-                      reports={channel: CallbackStatus.pending() for channel in reports.destinations()}
+                      reports={channel: CallbackStatus.pending() for channel in destinations}
                       if reports is not None else None)
-        destinations = reports.destinations() if reports is not None else {}
         answer = self._open_batch(
             keys=[batch_key(batch.id),
                   idempotency_key(owner, idempotency) if idempotency is not None else batch_key(batch.id),

@@ -28,14 +28,13 @@ from pynetdicom.status import code_to_category
 
 from pneuradnet.sr import ReportError, to_bytes
 from service.channels import Channel, DicomDestination
-from service.deliveries import Deliveries
 from service.jobstore import JobStore
-from service.queue import REPORT_TASK, send_delivery_task
+from service.queue import REPORT_TASK
 from service.reports import report_objects
 from service.settings import get_settings
-from service.webhooks import CallbackState, Verdict, retry_wait
+from service.webhooks import Verdict
 from worker.app import celery_app
-from worker.webhooks import COUNTDOWN_LIMIT, LEASE_MARGIN, attempt_seconds
+from worker.webhooks import LEASE_MARGIN, attempt_seconds, deliveries, record_attempt
 
 log = logging.getLogger(__name__)
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -56,11 +55,6 @@ class Sent:
 
 
 @cache
-def _deliveries() -> Deliveries:
-    return Deliveries(get_settings().redis_url)
-
-
-@cache
 def _store() -> JobStore:
     settings = get_settings()
     return JobStore(settings.redis_url, ttl=settings.job_ttl)
@@ -76,9 +70,8 @@ def deliver_report(batch_id: str, channel_name: str, attempts_seen: int) -> None
     and no other attempt is under way; record the destination's answer, and schedule the retry."""
     settings = get_settings()
     channel = Channel(channel_name)
-    deliveries = _deliveries()
-    attempt = deliveries.claim(batch_id, attempts_seen=attempts_seen, channel=channel,
-                               lease=attempt_seconds(settings) + 5 + LEASE_MARGIN)
+    attempt = deliveries().claim(batch_id, attempts_seen=attempts_seen, channel=channel,
+                                 lease=attempt_seconds(settings) + 5 + LEASE_MARGIN)
     if attempt is None:
         return  # another task has it, or it is over
     destination = attempt.fields[f"{channel}_to"]
@@ -96,15 +89,10 @@ def deliver_report(batch_id: str, channel_name: str, attempts_seen: int) -> None
                 sent = stow(objects, destination, timeout=timeout)
         except SoftTimeLimitExceeded:
             sent = Sent(Verdict.RETRY, error="the attempt took longer than 3 x WEBHOOK_TIMEOUT")
-    recorded = deliveries.record(batch_id, attempt.number, sent.verdict, status=sent.status, error=sent.error,
-                                 retry_wait=retry_wait(attempt.number), max_age=settings.webhook_max_age,
-                                 channel=channel)
+    recorded = record_attempt(batch_id, attempt.number, sent.verdict, status=sent.status, error=sent.error,
+                              channel=channel)
     log.info("%s of batch %s, attempt %d: %s -> %s", channel.value, batch_id, attempt.number,
              sent.error or sent.verdict.value, recorded.state.value if recorded else "overtaken by a later attempt")
-    if recorded is not None and recorded.state is CallbackState.PENDING:
-        wait = retry_wait(attempt.number)
-        if wait <= COUNTDOWN_LIMIT:
-            send_delivery_task(batch_id, attempt.number, app=celery_app, countdown=wait, channel=channel)
 
 
 def c_store(objects: Sequence[Dataset], destination: DicomDestination, *, calling: str, timeout: float) -> Sent:

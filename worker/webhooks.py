@@ -18,7 +18,8 @@ from functools import cache
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
-from service.deliveries import Deliveries
+from service.channels import Channel
+from service.deliveries import Deliveries, Recorded
 from service.notice import DISCLAIMER
 from service.queue import DELIVER_TASK, VISIBILITY_MARGIN, send_delivery_task
 from service.settings import Settings, get_settings
@@ -64,9 +65,23 @@ def attempt_seconds(settings: Settings) -> int:
 
 
 @cache
-def _deliveries() -> Deliveries:
-    """This process's access to the deliveries (a pool process runs one task at a time)."""
+def deliveries() -> Deliveries:
+    """This process's access to the deliveries, of every channel (a pool process runs one task at a time)."""
     return Deliveries(get_settings().redis_url)
+
+
+def record_attempt(batch_id: str, attempt: int, outcome: Verdict, *, status: int | None = None, error: str = "",
+                   channel: Channel = Channel.CALLBACK) -> Recorded | None:
+    """Record how an attempt at a delivery ended, and send the task of its retry when it is due within
+    COUNTDOWN_LIMIT (a later one is the reconciler's to send); None if a later attempt overtook it."""
+    settings = get_settings()
+    recorded = deliveries().record(batch_id, attempt, outcome, status=status, error=error,
+                                   retry_wait=retry_wait(attempt), max_age=settings.webhook_max_age, channel=channel)
+    if recorded is not None and recorded.state is CallbackState.PENDING:
+        wait = retry_wait(attempt)
+        if wait <= COUNTDOWN_LIMIT:
+            send_delivery_task(batch_id, attempt, app=celery_app, countdown=wait, channel=channel)
+    return recorded
 
 
 _settings = get_settings()
@@ -78,9 +93,8 @@ def deliver_callback(batch_id: str, attempts_seen: int) -> None:
     """Make the next attempt at a batch's callback, if `attempts_seen` is still the number made and no other attempt
     is under way; record what the receiver answered, and schedule the retry."""
     settings = get_settings()
-    deliveries = _deliveries()
-    attempt = deliveries.claim(batch_id, attempts_seen=attempts_seen,
-                               lease=attempt_seconds(settings) + 5 + LEASE_MARGIN)
+    attempt = deliveries().claim(batch_id, attempts_seen=attempts_seen,
+                                 lease=attempt_seconds(settings) + 5 + LEASE_MARGIN)
     if attempt is None:
         return  # another task has it, or it is over
     fields = attempt.fields
@@ -88,8 +102,7 @@ def deliver_callback(batch_id: str, attempts_seen: int) -> None:
     try:
         url = check_callback_url(fields["callback_url"], settings.webhook_host_patterns)
     except CallbackRefused as refused:
-        deliveries.record(batch_id, attempt.number, Verdict.GIVE_UP, error=f"not sent: {refused}", retry_wait=0,
-                          max_age=settings.webhook_max_age)
+        record_attempt(batch_id, attempt.number, Verdict.GIVE_UP, error=f"not sent: {refused}")
         log.warning("callback of batch %s given up: %s", batch_id, refused)
         return
     body, headers = signed_request(payload(fields, batch_id=batch_id, notice=DISCLAIMER),
@@ -99,14 +112,9 @@ def deliver_callback(batch_id: str, attempts_seen: int) -> None:
     error = answer.error
     if outcome is Verdict.GIVE_UP:
         error = f"the receiver answered {answer.status}: not retried"
-    recorded = deliveries.record(batch_id, attempt.number, outcome, status=answer.status, error=error,
-                                 retry_wait=retry_wait(attempt.number), max_age=settings.webhook_max_age)
+    recorded = record_attempt(batch_id, attempt.number, outcome, status=answer.status, error=error)
     log.info("callback %s of batch %s, attempt %d: %s -> %s", delivery_id, batch_id, attempt.number,
              answer.status or answer.error, recorded.state.value if recorded else "overtaken by a later attempt")
-    if recorded is not None and recorded.state is CallbackState.PENDING:
-        wait = retry_wait(attempt.number)
-        if wait <= COUNTDOWN_LIMIT:
-            send_delivery_task(batch_id, attempt.number, app=celery_app, countdown=wait)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> Answer:
