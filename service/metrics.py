@@ -6,7 +6,7 @@ transition script itself. The API turns the hash into Prometheus families at scr
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -47,10 +47,7 @@ def observe(store: JobStore, name: str, values: list[float]) -> None:
         for bound in buckets:
             if value <= bound:
                 increments[f"{name}:le:{bound:g}"] += 1
-    try:
-        store.add_to_metrics(increments)
-    except RedisError as error:
-        log.warning("%d observations of %s are lost: Redis did not take them (%s)", len(values), name, error)
+    _add(store, increments, f"{len(values)} observations of {name}")
 
 
 FINISHED = "finished:"
@@ -72,12 +69,17 @@ def count_failures(store: JobStore, errors: Iterable[dict[str, object]]) -> None
 
 
 def _count(store: JobStore, prefix: str, counts: Counter[str]) -> None:
-    if not counts:
-        return
+    if counts:
+        _add(store, {f"{prefix}{name}": count for name, count in counts.items()}, f"{counts.total()} {prefix}* events")
+
+
+def _add(store: JobStore, increments: Mapping[str, float], what: str) -> None:
+    """Add to the metrics hash in one round trip; if Redis does not take it (it does not answer, or it is full),
+    `what` is lost and logged: a measurement never costs a job its result."""
     try:
-        store.add_to_metrics({f"{prefix}{name}": count for name, count in counts.items()})
+        store.add_to_metrics(increments)
     except RedisError as error:
-        log.warning("%d events of %s* are not counted: Redis did not take them (%s)", counts.total(), prefix, error)
+        log.warning("%s are lost: Redis did not take them (%s)", what, error)
 
 
 class ReadinessCollector(Collector):
