@@ -45,8 +45,8 @@ OWNER_PREFIX = "dicom:"
 
 STORING_AT_ONCE = 2
 """Instances written to the image store at once, whatever the number of associations. Into Redis, an instance goes
-a megabyte at a time; to an object store, whole (its bytes, and the client's copy: 30 MB for a 15 MB DX), so the
-others wait in their temporary files meanwhile."""
+in one SET read from its file a megabyte at a time; to an object store, whole (its bytes, and the client's copy:
+30 MB for a 15 MB DX), so the others wait in their temporary files meanwhile."""
 
 ATTEMPTS = 2
 """Batches an instance may try: its study's may close under it once (the reconciler took it for stalled), and the

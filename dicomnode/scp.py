@@ -3,7 +3,8 @@
 pynetdicom runs each association on a thread of its own and calls the handlers there. With
 STORE_RECV_CHUNKED_DATASET, it writes each C-STORE's data set to a temporary file as it arrives, and calls the
 C-STORE handler only once the whole instance is in: an association holds at most the instance it is storing in
-memory, and an association aborted mid-instance leaves nothing to store.
+memory, and an association aborted mid-instance leaves nothing to store. Each association reads its PDUs whole
+(dicomnode/reading.py), not 4 KiB at a time.
 """
 
 import contextlib
@@ -16,6 +17,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # b
 
 from dicomnode.intake import Intake
 from dicomnode.peers import PeerAllowList
+from dicomnode.reading import read_whole_pdus
 from pneuradnet.dicomidentity import CLASSIFIABLE_CLASSES, decodable_transfer_syntaxes
 
 log = logging.getLogger(__name__)
@@ -66,4 +68,5 @@ def handlers(intake: Intake, peers: PeerAllowList) -> list[evt.EventHandlerType]
             with contextlib.suppress(OSError):
                 os.unlink(partial.name)
 
-    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_STORE, on_store), (evt.EVT_CONN_CLOSE, on_close)]
+    return [(evt.EVT_CONN_OPEN, read_whole_pdus), (evt.EVT_REQUESTED, on_requested), (evt.EVT_C_STORE, on_store),
+            (evt.EVT_CONN_CLOSE, on_close)]

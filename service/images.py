@@ -9,6 +9,7 @@ died between writing an image and storing its job, a job that expired). Nothing 
 deleted: an image submitted by reference is not noted.
 """
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +17,6 @@ from pathlib import Path
 from service.imagestore import ObjectLocation, ObjectStore
 from service.jobstore import Job, JobStore, Upload
 from service.settings import Settings
-
-FILE_PIECE = 1024 * 1024
-"""Bytes of a file written into Redis at once (keep_file): a 30 MB DICOM instance is never whole in memory."""
 
 DELETE_AT_ONCE = 1000
 """Objects deleted in one sweep's request (S3's DeleteObjects takes at most 1000)."""
@@ -73,11 +71,11 @@ class JobImages:
 
     def keep_file(self, batch_id: str, place: int, job_id: str, filename: str, path: Path) -> Upload:
         """Write the image in the file at `path` where it waits, as `keep` does, for job `job_id` of the batch (its
-        `place` names its object): into Redis a piece of FILE_PIECE at a time, or to the object store; the upload
-        as the job store is to record it."""
+        `place` names its object): into Redis in one SET streamed from the file (JobStore.write_image_file), or to
+        the object store; the upload as the job store is to record it."""
         if self._bucket is None or self._objects is None:
             with path.open("rb") as file:
-                written = self._store.write_image(job_id, iter(lambda: file.read(FILE_PIECE), b""))
+                written = self._store.write_image_file(job_id, file, size=os.fstat(file.fileno()).st_size)
             return Upload(filename, b"", written=written)
         (kept,) = self.keep(batch_id, place, [Upload(filename, path.read_bytes())])
         return kept

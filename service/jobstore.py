@@ -8,10 +8,11 @@ never disagree.
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from io import BufferedReader
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -81,6 +82,10 @@ class StoreFull(Exception):
 BUDGET_SHARE_OF_MAXMEMORY = 0.9
 """Share of Redis' maxmemory admission fills at most when REDIS_BUDGET_BYTES is not set: the rest is room for the
 broker's messages and the records of jobs that finish (service/scripts.py, OPEN_BATCH, uses the same share)."""
+
+IMAGE_FILE_PIECE = 1024 * 1024
+"""Bytes of an image file read and sent to Redis at once (write_image_file): a 30 MB DICOM instance is never whole
+in memory."""
 
 JOB_RECORD_BYTES = 3072
 """What a waiting job costs Redis besides its image, counted against the byte budget: its record, its entries in
@@ -220,8 +225,8 @@ class Upload:
     the client (a submission by reference)."""
     owned: bool = False
     written: int = 0
-    """Bytes of the image already in Redis at its job's image_key, written in pieces by write_image (a DICOM
-    instance received into a file): add_jobs leaves them as they are."""
+    """Bytes of the image already in Redis at its job's image_key, written before its job by write_image_file (a
+    DICOM instance received into a file) or write_image: add_jobs leaves them as they are."""
 
 
 class JobStore:
@@ -476,6 +481,30 @@ class JobStore:
                 self._raw.setrange(image_key(job_id), written, piece)
             written += len(piece)
         return written
+
+    def write_image_file(self, job_id: str, file: BufferedReader, *, size: int) -> int:
+        """Write a job's image into Redis from `file` (its next `size` bytes), before add_jobs stores the job (with
+        Upload.written), as one SET whose value is streamed from the file a piece at a time: one round trip, and
+        neither the whole file nor a packed copy of a piece (hiredis packs each argument into a new bytes) in this
+        process's memory. It expires with JOB_TTL if its job is never stored. The bytes written.
+
+        A SET cut short (the connection lost mid-value, the file shorter than `size`) is discarded by Redis with
+        its connection: nothing of it is written. After a connection error it is sent once more, whole, from the
+        same place in the file (a SET sent twice leaves what one leaves)."""
+        start = file.tell()
+        pool = self._raw.connection_pool
+        connection: Any = pool.get_connection()  # redis-py leaves a connection's methods untyped
+
+        def send() -> None:
+            file.seek(start)
+            connection.send_packed_command(_streamed_set(image_key(job_id), file, size=size, ttl=self.ttl))
+            connection.read_response()  # OK, or the ResponseError Redis answered (e.g. OOM), raised
+
+        try:
+            connection.retry.call_with_retry(send, lambda error: connection.disconnect())
+        finally:
+            pool.release(connection)
+        return size
 
     def forget_image(self, job_id: str) -> None:
         """Delete an image write_image wrote for a job that will not be stored."""
@@ -743,6 +772,24 @@ def _job_of(batch: Batch, upload: Upload, job_id: str) -> Job:
 def _bytes_in_redis(upload: Upload) -> int:
     """What an upload's image takes in Redis: its bytes, unless it is unreadable or kept in an object store."""
     return len(upload.data) + upload.written if upload.error is None and not upload.location else 0
+
+
+def _streamed_set(key: str, file: BufferedReader, *, size: int, ttl: int) -> Iterator[bytes | memoryview]:
+    """`SET key <the file's next size bytes> EX ttl` in RESP, its value read IMAGE_FILE_PIECE at a time into one
+    buffer: each piece is sent before the next is read. EOFError if the file ends first (the connection sending it,
+    and with it the command cut short, is dropped)."""
+    name = key.encode()
+    yield b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n" % (len(name), name, size)
+    piece = memoryview(bytearray(min(size, IMAGE_FILE_PIECE)))
+    left = size
+    while left:
+        read = file.readinto(piece[:left])
+        if not read:
+            raise EOFError(f"the image file ended {left} bytes short of the {size} it was to send")
+        yield piece[:read]
+        left -= read
+    seconds = str(ttl).encode()
+    yield b"\r\n$2\r\nEX\r\n$%d\r\n%b\r\n" % (len(seconds), seconds)
 
 
 def _text_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:

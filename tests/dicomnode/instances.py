@@ -73,3 +73,10 @@ def encoded(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def data_set_of(file_bytes: bytes) -> bytes:
+    """The data set of a DICOM file, after its preamble and file meta group (which a receiver writes anew): what a
+    sender's file and the file a receiver stored have the same when the instance arrived intact."""
+    meta_group_length = int.from_bytes(file_bytes[140:144], "little")  # (0002,0000) UL, just after "DICM"
+    return file_bytes[144 + meta_group_length:]

@@ -25,7 +25,15 @@ from redis import Redis
 
 from service.jobstore import JobStatus, JobStore
 from tests.dicomnode.conftest import Node, batches, statuses
-from tests.dicomnode.instances import PATIENT, full_size_dx, grayscale, instance, radiograph_instance, write
+from tests.dicomnode.instances import (
+    PATIENT,
+    data_set_of,
+    full_size_dx,
+    grayscale,
+    instance,
+    radiograph_instance,
+    write,
+)
 from tests.live_service import TEST_REDIS_URL
 from tests.processes import stop, wait_until
 
@@ -143,6 +151,19 @@ def test_a_full_queue_or_redis_answers_out_of_resources_and_keeps_nothing(
     store.close_admission(holder.id)  # room again: the sender's retry is stored
     assert statuses(queue_full.store(image)) == [SUCCESS]
     assert store.queued_count() == 1
+
+
+def test_a_full_size_instance_of_many_pdus_is_stored_bit_identical(start_node: StartNode, store: JobStore,
+                                                                     tmp_path: Path):
+    node = start_node()
+    large = write(full_size_dx(study_uid=generate_uid()), tmp_path / "large.dcm")  # 15 MB: 15 PDUs of 1 MiB
+
+    assert statuses(node.store(large)) == [SUCCESS]
+
+    (batch,) = batches(store)
+    (job_id,) = store.batch_job_ids(batch.id)
+    (stored,) = store.images([job_id])
+    assert stored is not None and data_set_of(stored) == data_set_of(large.read_bytes())
 
 
 def test_an_association_aborted_mid_instance_leaves_no_job(start_node: StartNode, store: JobStore, tmp_path: Path):
