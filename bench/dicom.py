@@ -3,8 +3,8 @@
 node and a worker it starts (on a Redis database of its own, REDIS_URL's host, database 6), and reports:
 - instances/s and MB/s through the SCP (first association opened to last instance acknowledged);
 - the node's peak RSS;
-- CPU time per instance: the node's, the senders' and Redis' (the whole server's), from the first instance sent
-  to the last job finished;
+- CPU time per instance: the node's, the senders', the worker's (all its processes) and Redis' (the whole
+  server's), from the first instance sent to the last job finished, and the model's per image in process;
 - end-to-end classification speed (first instance sent to last job finished) as a ratio to the in-process limit
   on the same files (measured first, in this process, before the worker starts: one model on the cores at a time).
 `--receiver dcmtk` sends the same instances to dcmtk's own storescp, which receives and discards them (`--ignore`),
@@ -90,7 +90,7 @@ def main() -> None:
 
 def _through_node(files: list[Path], made: list[Path], folder: Path, *, associations: int,
                   megabytes: float) -> dict:
-    limit = _in_process(made)
+    limit, model_cpu = _in_process(made)
     redis_url = f"redis://127.0.0.1:6379/{DICOM_BENCH_DB}"
     redis = Redis.from_url(redis_url)
     redis.flushdb()
@@ -100,15 +100,20 @@ def _through_node(files: list[Path], made: list[Path], folder: Path, *, associat
     node, port = _start_node(folder / "node.log", env)
     store = JobStore(redis_url, ttl=3600)
     try:
-        node_cpu, redis_cpu, started = _cpu_seconds(node.pid), _redis_cpu_seconds(redis), time.perf_counter()
+        node_cpu, worker_cpu, redis_cpu = _cpu_seconds(node.pid), _tree_cpu_seconds(worker.pid), \
+            _redis_cpu_seconds(redis)
+        started = time.perf_counter()
         sending = _send_all(files, port, associations=associations)
         wait_until(lambda: _finished(store) >= len(files), timeout=3600, what="every job to finish", interval=0.2)
         classified_in = time.perf_counter() - started
-        node_cpu, redis_cpu = _cpu_seconds(node.pid) - node_cpu, _redis_cpu_seconds(redis) - redis_cpu
+        node_cpu, worker_cpu, redis_cpu = _cpu_seconds(node.pid) - node_cpu, \
+            _tree_cpu_seconds(worker.pid) - worker_cpu, _redis_cpu_seconds(redis) - redis_cpu
         return {
             **_receiving(sending, len(files), megabytes), "node_peak_rss_mb": _peak_rss_mb(node.pid),
             "node_cpu_ms_per_instance": 1000 * node_cpu / len(files),
             "redis_cpu_ms_per_instance": 1000 * redis_cpu / len(files),
+            "worker_cpu_ms_per_instance": 1000 * worker_cpu / len(files),
+            "in_process_cpu_ms_per_image": 1000 * model_cpu,
             "end_to_end_images_per_second": len(files) / classified_in,
             "in_process_images_per_second": limit,
             "ratio_to_in_process": len(files) / classified_in / limit,
@@ -152,19 +157,24 @@ def _table(report: dict) -> list[tuple[str, ...]]:
            f"{report['senders_cpu_ms_per_instance']:.1f}")
     if report["receiver"] == "dcmtk":
         return [head, row]
-    return [(*head, "Redis", "node peak RSS MB", "end to end images/s", "in-process images/s", "ratio"),
-            (*row, f"{report['redis_cpu_ms_per_instance']:.1f}", f"{report['node_peak_rss_mb']:.0f}",
+    return [(*head, "Redis", "worker", "model in process", "node peak RSS MB", "end to end images/s",
+             "in-process images/s", "ratio"),
+            (*row, f"{report['redis_cpu_ms_per_instance']:.1f}", f"{report['worker_cpu_ms_per_instance']:.1f}",
+             f"{report['in_process_cpu_ms_per_image']:.1f}", f"{report['node_peak_rss_mb']:.0f}",
                    f"{report['end_to_end_images_per_second']:.1f}", f"{report['in_process_images_per_second']:.1f}",
                    f"{report['ratio_to_in_process']:.2f}")]
 
 
-def _in_process(files: list[Path]) -> float:
-    """Images/s of the serving runtime classifying these files in this process, as a worker does (median of 3)."""
+def _in_process(files: list[Path]) -> tuple[float, float]:
+    """Images/s of the serving runtime classifying these files in this process, as a worker does (median of 3), and
+    the CPU seconds it uses per image (all its threads)."""
     settings = Settings()
     classifier = Classifier.load("default", runtime=settings.inference_runtime, cache_dir=settings.model_cache_dir)
     classifier.warm_up()
     items = [(path.name, path.read_bytes()) for path in files]
-    return statistics.median(bulk_images_per_second(classifier, items) for _ in range(3))
+    cpu = time.process_time()
+    speed = statistics.median(bulk_images_per_second(classifier, items) for _ in range(3))
+    return speed, (time.process_time() - cpu) / (3 * len(items))
 
 
 def _start_node(log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
@@ -198,6 +208,17 @@ def _cpu_seconds(pid: int) -> float:
     cstime in /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(ticks) for ticks in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its live descendants (a worker and its pool), each as _cpu_seconds counts it; a
+    child that ends meanwhile is counted in its parent's once reaped."""
+    try:
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+        return _cpu_seconds(pid) + sum(_tree_cpu_seconds(child) for child in children)
+    except FileNotFoundError:
+        return 0.0
 
 
 def _children_cpu_seconds() -> float:
