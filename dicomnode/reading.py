@@ -52,7 +52,7 @@ def read_whole_pdus(event: evt.Event) -> None:
     machine twice (the constructor queues Evt5). So the socket pynetdicom made is given the subclass, whose only
     change is recv. EVT_CONN_OPEN comes after the socket is made and before the association's thread reads from it.
     This relies on pynetdicom 3.0's AssociationSocket (its attributes, recv's contract with the DUL): pyproject.toml
-    bounds pynetdicom to 3.0, and tests/dicomnode/test_node.py checks that an association reads this way.
+    bounds pynetdicom to 3.0, and tests/dicomnode/test_reading.py checks that an association reads this way.
     """
     association_socket = event.assoc.dul.socket
     if type(association_socket) is AssociationSocket:  # a subclass of pynetdicom's own (TLS, tests) is left as is
