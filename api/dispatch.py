@@ -19,12 +19,12 @@ from service.workers import WorkerRegistry
 
 class Dispatcher:
     def __init__(self, *, batcher: EnqueueBatcher, fair_share: FairShare, workers: WorkerRegistry, celery: Celery,
-                 max_batch: int) -> None:
+                 bulk_chunk: int) -> None:
         self._batcher = batcher
         self._fair_share = fair_share
         self._workers = workers
         self._celery = celery
-        self._max_batch = max_batch
+        self._bulk_chunk = bulk_chunk
 
     async def dispatch(self, job_ids: Sequence[str], *, lane: Lane, owner: str) -> None:
         """Return once the jobs are with the broker, or waiting their turn in fair share; raise if that failed."""
@@ -35,4 +35,4 @@ class Dispatcher:
 
     def _enqueue_bulk(self, job_ids: Sequence[str], owner: str) -> None:
         enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window_for(self._workers.count()),
-                     max_batch=self._max_batch, app=self._celery)
+                     chunk_size=self._bulk_chunk, app=self._celery)

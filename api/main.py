@@ -50,10 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  max_batch=settings.max_batch, wait_seconds=settings.batch_wait_ms / 1000)
         app.state.dispatcher = Dispatcher(
             batcher=batcher, fair_share=app.state.fair_share, workers=app.state.workers, celery=celery,
-            max_batch=settings.max_batch)
+            bulk_chunk=settings.bulk_chunk)
         reconciler = Reconciler(url=settings.redis_url, store=app.state.store, images=app.state.images,
                                 workers=app.state.workers, fair_share=app.state.fair_share, celery=celery,
-                                max_batch=settings.max_batch, sweep_interval=settings.sweep_interval)
+                                max_batch=settings.max_batch, bulk_chunk=settings.bulk_chunk,
+                                sweep_interval=settings.sweep_interval)
         sweeper = asyncio.create_task(sweep_periodically(reconciler, interval=settings.sweep_interval))
         batcher.start()
         yield

@@ -66,11 +66,13 @@ def choose_lane(image_count: int, *, priority: Lane | None, interactive_max: int
 
 
 async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatcher, plan: UploadPlan, *, owner: str,
-                       max_queue: int, lane: Lane, chunk_size: int, idempotency: str | None = None,
+                       max_queue: int, lane: Lane, chunk_size: int, task_size: int | None = None,
+                       idempotency: str | None = None,
                        explain: bool = False, callback: Callback | None = None,
                        reports: Reports | None = None) -> tuple[Batch, list[Job]]:
-    """Admit a request's images as a batch, a chunk at a time: each chunk is stored, then enqueued, while the next
-    is read, so the first chunk runs while the rest is still being admitted.
+    """Admit a request's images as a batch, a chunk at a time: each chunk of `chunk_size` images is stored (the
+    API holds one chunk's bytes), and they are enqueued as soon as `task_size` of them (by default a chunk) are
+    stored, so the first tasks run while the rest is still being admitted.
 
     Every job is stored before it is enqueued, so a worker never takes a job the store does not know; its image is
     written first (to Redis, or to the object store). The batch's places in the queue and the bytes it will take in
@@ -104,15 +106,11 @@ async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatche
     try:
         uploads = plan.read()
         while chunk := await run_in_threadpool(lambda: list(islice(uploads, chunk_size))):
-            stored = await run_in_threadpool(_store_chunk, store, images, batch, chunk, len(jobs))
-            jobs += stored
+            jobs += await run_in_threadpool(_store_chunk, store, images, batch, chunk, len(jobs))
             fault_point("api-dies-after-store")  # stored and not enqueued: the reconciler's case
-            try:
-                await dispatcher.dispatch([job.id for job in stored if job.status is JobStatus.QUEUED],
-                                          lane=batch.lane, owner=owner)
-            except Exception as error:
-                raise QueueRefused(error) from error
-            enqueued = len(jobs)
+            if len(jobs) - enqueued >= (task_size or chunk_size):
+                enqueued = await _enqueue(dispatcher, jobs, enqueued, lane=batch.lane, owner=owner)
+        enqueued = await _enqueue(dispatcher, jobs, enqueued, lane=batch.lane, owner=owner)
         await run_in_threadpool(store.close_admission, batch.id)
     except BaseException as error:
         await _withdraw(store, batch)
@@ -120,6 +118,17 @@ async def submit_batch(store: JobStore, images: JobImages, dispatcher: Dispatche
     for job in jobs:
         job_event(log, "submitted", job.id, batch_id=batch.id, status=job.status.value)
     return batch, jobs
+
+
+async def _enqueue(dispatcher: Dispatcher, jobs: list[Job], enqueued: int, *, lane: Lane, owner: str) -> int:
+    """Enqueue the jobs stored since the first `enqueued` (those still queued); how many are enqueued now."""
+    waiting = [job.id for job in jobs[enqueued:] if job.status is JobStatus.QUEUED]
+    if waiting:
+        try:
+            await dispatcher.dispatch(waiting, lane=lane, owner=owner)
+        except Exception as error:
+            raise QueueRefused(error) from error
+    return len(jobs)
 
 
 async def _withdraw(store: JobStore, batch: Batch) -> None:

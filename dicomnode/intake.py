@@ -152,7 +152,7 @@ class Intake:
         job store, and the reconciler dispatches them again (jobs queued with no task): the instances are safe."""
         try:
             enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window_for(self._workers.count()),
-                         max_batch=self._max_batch, app=self._celery)
+                         chunk_size=self._max_batch, app=self._celery)
         except Exception as error:
             log.warning("%d stored jobs were not enqueued (%s): the reconciler will dispatch them", len(job_ids),
                         error)

@@ -16,7 +16,7 @@ that way: the message stays in Redis' unacked index, and after the visibility ti
 again. Its jobs decide whether it runs again: a job that already finished is never run a second time.
 
 Reading the messages (`messages_in_broker`) lets the reconciler tell a job whose task is still on the broker from
-one whose task is lost.
+one whose task is lost; counting a queue's (`tasks_waiting`) lets a bulk task make way for interactive work.
 
 Both rely on kombu's internals (its Redis QoS, the local count in virtual.QoS freed directly, the layout of its
 messages in Redis), so pyproject.toml bounds kombu to the 5.7 they were written for; tests/service/test_broker.py
@@ -31,6 +31,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import QoS as LocalQoS
 from redis import Redis
 
+from service.jobstore import Lane
 from service.queue import CLASSIFY_TASK, QUEUES
 
 
@@ -70,6 +71,11 @@ class ClassifyMessage:
 
     job_ids: list[str]
     chunk: str | None
+
+
+def tasks_waiting(redis: Redis, lane: Lane) -> int:
+    """Tasks in a lane's queue that no worker has taken yet (kombu keeps a queue as a Redis list of its name)."""
+    return int(redis.llen(QUEUES[lane]))
 
 
 def messages_in_broker(redis: Redis) -> list[ClassifyMessage]:

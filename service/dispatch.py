@@ -15,12 +15,12 @@ from service.jobstore import Lane
 from service.queue import send_classify_task
 
 
-def enqueue_bulk(job_ids: Sequence[str], *, owner: str, fair_share: FairShare, window: int, max_batch: int,
+def enqueue_bulk(job_ids: Sequence[str], *, owner: str, fair_share: FairShare, window: int, chunk_size: int,
                  app: Celery) -> None:
-    """Cut an owner's bulk jobs into chunks of `max_batch`, hand them to fair share, and send the ones it releases
+    """Cut an owner's bulk jobs into chunks of `chunk_size`, hand them to fair share, and send the ones it releases
     now; the others go as the owner's earlier chunks finish."""
-    chunks = [Chunk(id=str(uuid.uuid4()), job_ids=list(job_ids[start:start + max_batch]))
-              for start in range(0, len(job_ids), max_batch)]
+    chunks = [Chunk(id=str(uuid.uuid4()), job_ids=list(job_ids[start:start + chunk_size]))
+              for start in range(0, len(job_ids), chunk_size)]
     send_bulk_chunks(fair_share.admit(owner, chunks, window=window), owner=owner, fair_share=fair_share, app=app)
 
 

@@ -152,9 +152,11 @@ return put
 
 
 def window_for(live_processes: int) -> int:
-    """Chunks of one key in the broker at once: one running on each live model process and one waiting, so that a
-    key alone keeps every worker busy, and a key that arrives later waits for about one chunk per process."""
-    return max(1, live_processes) + 1
+    """Chunks of one key in the broker at once: one for each live model process, so that a key alone keeps every
+    worker busy, and a key that arrives later waits for about one chunk per process. None waits beside them: a
+    finishing chunk releases the key's next before its task is acknowledged, so the next is on the queue by the
+    time its worker asks (a waiting one made a later key wait for BULK_CHUNK images more)."""
+    return max(1, live_processes)
 
 
 class FairShare:

@@ -25,8 +25,9 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "inference_seconds": ("Time of one batched forward pass",
                           (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)),
     "batch_size": ("Images per forward pass", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
-    "preparation_seconds": ("Time from a task's start to its forward pass: claiming its jobs, reading and decoding "
-                            "their images", (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)),
+    "preparation_seconds": ("Time the model waited for a forward pass's images: from a task's start (claiming, "
+                            "reading, decoding) or from the previous pass (what read-ahead did not hide)",
+                            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)),
     "between_tasks_seconds": ("Time a model process waited between one task and the next, when the next came "
                               "within BUSY_GAP (a longer wait is an empty queue)",
                               (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)),

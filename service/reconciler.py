@@ -87,7 +87,8 @@ class Sweep:
 
 class Reconciler:
     def __init__(self, *, url: str, store: JobStore, images: JobImages, workers: WorkerRegistry,
-                 fair_share: FairShare, celery: Celery, max_batch: int, sweep_interval: float) -> None:
+                 fair_share: FairShare, celery: Celery, max_batch: int, bulk_chunk: int,
+                 sweep_interval: float) -> None:
         self._broker = connect(url)
         self._store = store
         self._images = images
@@ -95,6 +96,7 @@ class Reconciler:
         self._fair_share = fair_share
         self._celery = celery
         self._max_batch = max_batch
+        self._bulk_chunk = bulk_chunk
         self._interval = sweep_interval
         self._deliveries = Deliveries(url)
         self._studies = StudyGroups(url, store)
@@ -174,7 +176,7 @@ class Reconciler:
             send_classify_task(interactive[start:start + self._max_batch], app=self._celery, lane=Lane.INTERACTIVE)
         window = window_for(self._workers.count())
         for owner, job_ids in bulk.items():
-            enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window, max_batch=self._max_batch,
+            enqueue_bulk(job_ids, owner=owner, fair_share=self._fair_share, window=window, chunk_size=self._bulk_chunk,
                          app=self._celery)
 
     def _release_stalled(self, owners: Sequence[str]) -> None:

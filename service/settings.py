@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     worker_threads: int | None = Field(default=None, gt=0)
     """Inference threads per worker process; default: the host's cores divided by WORKER_CONCURRENCY."""
     max_batch: int = Field(default=16, gt=0, le=256)
-    """Images per task and per forward pass."""
+    """Images per forward pass, and per task of the interactive lane."""
+    bulk_chunk: int = Field(default=64, gt=0, le=1024)
+    """Images per task of the bulk lane: classified in forward passes of max_batch, each pass's images read and
+    decoded while the previous pass runs."""
     batch_wait_ms: float = Field(default=10.0, ge=0)
     """Longest a submission waits in the API for others to share its task (bulk uploads fill one at once)."""
     min_image_side: int = Field(default=MIN_SIDE, gt=0)

@@ -1,7 +1,8 @@
-"""Running a chunk of jobs: claim each, decode each, one batched forward pass, store each outcome.
+"""Running a chunk of jobs: claim each, then forward passes of up to max_batch images, each pass's images read
+and decoded while the previous pass runs, and each pass's outcomes stored as soon as it is done.
 
-A bad image fails its own job only; an error in the forward pass fails every job of the chunk, so no job
-is left running. A job submitted with explain then gets a Grad-CAM heatmap of its predicted class, made by an
+A bad image fails its own job only; an error in a forward pass fails every job of that pass, so no job is
+left running. A job submitted with explain then gets a Grad-CAM heatmap of its predicted class, made by an
 explainer loaded on the first such job (LazyExplainer); its probabilities still come from the batched pass, and
 an explanation that fails leaves the job succeeded with the reason in its result.
 """
@@ -9,6 +10,7 @@ an explanation that fails leaves the job succeeded with the reason in its result
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -63,55 +65,93 @@ class LazyExplainer:
 
 
 def process_jobs(job_ids: Sequence[str], *, store: JobStore, images: JobImages, classifier: Classifier, token: str,
-                 lease: float, max_deliveries: int, worker: str = "", explainer: Explainer | None = None) -> None:
-    """Claim the jobs for the run `token` (a lease of `lease` seconds), classify them in one forward pass, and store
-    each outcome. Only what this run holds is stored; once the forward pass is done, its results are stored however
-    long Redis takes to answer again (within the task's time limit), so that a short outage costs no work twice.
-    The images the service wrote for the jobs this run finished are deleted then."""
-    received = time.perf_counter()
+                 lease: float, max_deliveries: int, worker: str = "", explainer: Explainer | None = None,
+                 yield_between_passes: Callable[[], bool] = lambda: False) -> list[str]:
+    """Claim the jobs for the run `token` (a lease of `lease` seconds), classify them in forward passes of the
+    classifier's max_batch, and store each pass's outcomes as soon as it is done. Only what this run holds is
+    stored; once a forward pass is done, its results are stored however long Redis takes to answer again (within
+    the task's time limit), so that a short outage costs no work twice. The images the service wrote for the jobs
+    this run finished are deleted then.
+
+    Each pass's images are read and decoded while the previous pass runs (read-ahead): the model waits for the
+    bytes of the first pass alone. Between two passes, `yield_between_passes` may stop the run (more urgent work
+    waits): the jobs of the passes not run are given back, and returned, for the caller to send on; else []."""
+    started = time.perf_counter()
     claimed = store.claim(job_ids, token=token, lease=lease, worker=worker)
     finished: list[Job] = []
-    stored: list[tuple[Job, bytes | Callable[[], bytes]]] = []
-    for job, data in zip(claimed, images.read(claimed), strict=True):
+    runnable: list[Job] = []
+    for job in claimed:
         job_event(log, "started", job.id, batch_id=job.batch_id, status="running", delivery=str(job.deliveries))
         if job.deliveries > max_deliveries:
             finished += _fail(store, job, token, problem(
                 "worker-lost", "Worker lost", 500, f"the worker processing this image stopped {job.deliveries - 1} "
                 "times; the image was not classified"))
-        elif data is None:
-            finished += _fail(store, job, token, problem(
-                "image-missing", "Image missing", 500, "the uploaded image is no longer stored (it expired before a "
-                "worker took it)"))
         else:
-            stored.append((job, data))
+            runnable.append(job)
     observe(store, "queue_wait_seconds", [job.queue_wait for job in claimed if job.queue_wait is not None])
+    passes = [runnable[start:start + classifier.max_batch] for start in range(0, len(runnable), classifier.max_batch)]
+    # One thread reads ahead; it only reads and decodes, and job states are written here, by the task's thread.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
+    try:
+        # One pass at most is read ahead of the model: a worker holds the images of two passes, whatever its task size.
+        upcoming = [ahead.submit(_prepare, jobs, images, classifier) for jobs in passes[:1]]
+        waiting_since = started
+        for index in range(len(passes)):
+            if index and yield_between_passes():
+                return store.give_back([job.id for jobs in passes[index:] for job in jobs], holder=token)
+            outcomes = upcoming.pop().result()  # ObjectStoreUnavailable: the task gives its jobs back
+            upcoming += [ahead.submit(_prepare, jobs, images, classifier) for jobs in passes[index + 1:index + 2]]
+            prepared: list[tuple[Job, PreparedImage]] = []
+            for job, outcome in outcomes:
+                if isinstance(outcome, PreparedImage):
+                    prepared.append((job, outcome))
+                else:
+                    finished += _fail(store, job, token, outcome)
+            if prepared:
+                finished += _classify(prepared, store=store, classifier=classifier, token=token, explainer=explainer,
+                                      waiting_since=waiting_since)
+            waiting_since = time.perf_counter()
+    finally:
+        # A pass read ahead for a task that stopped (its time ran out, a store went away) is not waited for.
+        ahead.shutdown(wait=False, cancel_futures=True)
+        _discard(images, finished)
+        count_finished(store, finished)
+    return []
+
+
+def _prepare(jobs: Sequence[Job], images: JobImages, classifier: Classifier) -> list[tuple[Job, PreparedImage | dict]]:
+    """Read and decode the images of one forward pass: each job's prepared image, or the problem that fails it.
+    Raises ObjectStoreUnavailable if the store holding them does not answer (the jobs are not at fault)."""
+    outcomes: list[tuple[Job, PreparedImage | dict]] = []
+    readable: list[tuple[Job, bytes | Callable[[], bytes]]] = []
+    for job, data in zip(jobs, images.read(jobs), strict=True):
+        if data is None:
+            outcomes.append((job, problem("image-missing", "Image missing", 500, "the uploaded image is no longer "
+                                          "stored (it expired before a worker took it)")))
+        else:
+            readable.append((job, data))
     # Each image is decoded as soon as its bytes are here (an object read from the bucket may still be on its way).
     # Explained jobs keep their decoded image, for the heatmap to be drawn over.
-    decoded = classifier.prepare_each([(job.filename, data) for job, data in stored],
-                                      keep_decoded=[job.explain for job, _ in stored])
+    decoded = classifier.prepare_each([(job.filename, data) for job, data in readable],
+                                      keep_decoded=[job.explain for job, _ in readable])
     unavailable = next((outcome for outcome in decoded if isinstance(outcome, ObjectStoreUnavailable)), None)
     if unavailable is not None:
-        raise unavailable  # the task gives its jobs back: they wait for the store
-    prepared: list[tuple[Job, PreparedImage]] = []
-    for (job, _), outcome in zip(stored, decoded, strict=True):
+        raise unavailable
+    for (job, _), outcome in zip(readable, decoded, strict=True):
         if isinstance(outcome, PreparedImage):
-            prepared.append((job, outcome))
+            outcomes.append((job, outcome))
         elif isinstance(outcome, ObjectUnreadable):
-            finished += _fail(store, job, token, problem("image-unreadable", "Image unreadable", 422, str(outcome)))
+            outcomes.append((job, problem("image-unreadable", "Image unreadable", 422, str(outcome))))
         else:
-            finished += _fail_to_decode(store, job, token, outcome)
-    if prepared:
-        finished += _classify(prepared, store=store, classifier=classifier, token=token, explainer=explainer,
-                              received=received)
-    _discard(images, finished)
-    count_finished(store, finished)
+            outcomes.append((job, _decoding_problem(job, outcome)))
+    return outcomes
 
 
 def _classify(prepared: list[tuple[Job, PreparedImage]], *, store: JobStore, classifier: Classifier, token: str,
-              explainer: Explainer | None, received: float) -> list[Job]:
+              explainer: Explainer | None, waiting_since: float) -> list[Job]:
     """One forward pass for the prepared images, and its outcomes stored: the jobs this run finished."""
     started = time.perf_counter()
-    observe(store, "preparation_seconds", [started - received])
+    observe(store, "preparation_seconds", [started - waiting_since])
     try:
         predictions = classifier.predict([image for _, image in prepared])
     except SoftTimeLimitExceeded:
@@ -177,13 +217,12 @@ def fail_held(job_ids: Sequence[str], *, store: JobStore, token: str, error: dic
             _fail(store, job, token, error)
 
 
-def _fail_to_decode(store: JobStore, job: Job, token: str, error: Exception) -> list[Job]:
+def _decoding_problem(job: Job, error: Exception) -> dict:
     if isinstance(error, InvalidImageError):
-        return _fail(store, job, token, problem("invalid-image", "Invalid image", 422, str(error)))
+        return problem("invalid-image", "Invalid image", 422, str(error))
     # A worker never dies from an image: an unexpected decoder error fails this job only.
     log.error("job %s: unexpected error while decoding", job.id, exc_info=error)
-    return _fail(store, job, token, problem("invalid-image", "Invalid image", 422,
-                                            f"the image could not be decoded ({type(error).__name__})"))
+    return problem("invalid-image", "Invalid image", 422, f"the image could not be decoded ({type(error).__name__})")
 
 
 def _explain(store: JobStore, job: Job, image: PreparedImage, prediction: Prediction,

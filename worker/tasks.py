@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import cast
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
@@ -29,23 +29,27 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 from celery.worker.request import Request
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pneuradnet.classifier import Classifier
 from pneuradnet.explain import GradCam
 from pneuradnet.manifest import sha256_of
+from service.broker import tasks_waiting
+from service.connections import connect
 from service.deliveries import first_attempt_sender
 from service.dispatch import send_bulk_chunks
 from service.fairshare import FairShare, window_for
 from service.images import JobImages, images_for
 from service.imagestore import ObjectStoreUnavailable
-from service.jobstore import JobStore, new_token, now_iso
+from service.jobstore import JobStore, Lane, new_token, now_iso
 from service.keys import WORKER_TTL
 from service.logs import configure_logging
 from service.metrics import observe
 from service.problems import problem
-from service.queue import CLASSIFY_TASK, lease_seconds
+from service.queue import CLASSIFY_TASK, lease_seconds, send_classify_task
 from service.reconciler import Reconciler
 from service.settings import Settings, get_settings
 from service.workers import WorkerRegistry
@@ -62,6 +66,7 @@ class ProcessResources:
     name: str
     """`host:pid`, this process's key in the worker registry and the `worker` of the jobs it runs."""
     store: JobStore
+    broker: Redis
     images: JobImages
     registry: WorkerRegistry
     fair_share: FairShare
@@ -82,7 +87,7 @@ def load_resources(settings: Settings) -> ProcessResources:
     fair_share = FairShare(settings.redis_url, ttl=settings.job_ttl)
     reconciler = Reconciler(url=settings.redis_url, store=store, images=images, workers=registry,
                             fair_share=fair_share, celery=celery_app, max_batch=settings.max_batch,
-                            sweep_interval=settings.sweep_interval)
+                            bulk_chunk=settings.bulk_chunk, sweep_interval=settings.sweep_interval)
     classifier = Classifier.load(
         settings.model_manifest,
         model_path=settings.model_path,
@@ -103,8 +108,8 @@ def load_resources(settings: Settings) -> ProcessResources:
         "sha256": sha256_of(classifier.model_file), "runtime": classifier.runtime.name,
         "threads": str(settings.inference_threads), "loaded_at": now_iso(),
     }
-    resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store, images=images,
-                                 registry=registry,
+    resources = ProcessResources(name=f"{socket.gethostname()}:{os.getpid()}", store=store,
+                                 broker=connect(settings.redis_url), images=images, registry=registry,
                                  fair_share=fair_share, reconciler=reconciler, classifier=classifier,
                                  explainer=explainer, announcement=announcement)
     registry.announce(resources.name, announcement)
@@ -225,7 +230,8 @@ def _classify_task() -> ClassifyTask:
 
 @celery_app.task(name=CLASSIFY_TASK, base=ClassifyTask, bind=True)
 def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, owner: str = "") -> None:
-    """Classify a chunk of jobs; a bulk chunk (`chunk` named) then releases its owner's next (fair share).
+    """Classify a chunk of jobs; a bulk chunk (`chunk` named) then releases its owner's next (fair share). Between
+    two forward passes, a chunk makes way for interactive tasks waiting: the rest of it queues again.
 
     Whatever happens, the run lets go of what it holds: the jobs it claimed are finished or given back, and the
     chunk's place in its owner's window goes to the next chunk; but a run that hands its task back to the broker
@@ -239,9 +245,17 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
     finish_chunk = chunk is not None
     try:
         try:
-            process_jobs(job_ids, store=resources.store, images=resources.images, classifier=resources.classifier,
-                         token=run, lease=lease_seconds(settings), max_deliveries=settings.max_deliveries,
-                         worker=resources.name, explainer=resources.explainer)
+            left = process_jobs(job_ids, store=resources.store, images=resources.images,
+                                classifier=resources.classifier, token=run, lease=lease_seconds(settings),
+                                max_deliveries=settings.max_deliveries, worker=resources.name,
+                                explainer=resources.explainer,
+                                yield_between_passes=partial(_interactive_waiting, resources.broker))
+            if left:
+                # The rest of the chunk queues again behind the interactive work, still in its owner's window: the
+                # run that finishes it releases the owner's next chunk. If this send fails, the chunk is in flight
+                # with no message naming it, and the reconciler puts it back in its owner's turn.
+                finish_chunk = False
+                send_classify_task(left, app=celery_app, lane=Lane.BULK, chunk=chunk, owner=owner)
         except SoftTimeLimitExceeded:
             fail_held(job_ids, store=resources.store, token=run, error=problem(
                 "job-timeout", "Job timeout", 504, f"the job ran longer than JOB_TIMEOUT ({settings.job_timeout} s)"))
@@ -271,6 +285,15 @@ def classify(self: ClassifyTask, job_ids: list[str], chunk: str | None = None, o
             assert chunk is not None
             _finish_chunk(resources, owner, chunk, run)
     self.last_finished = time.perf_counter()
+
+
+def _interactive_waiting(broker: Redis) -> bool:
+    """Whether interactive tasks wait for a worker: a bulk task then stops after its forward pass, so that an urgent
+    image waits for one pass, not for a whole chunk."""
+    try:
+        return tasks_waiting(broker, Lane.INTERACTIVE) > 0
+    except RedisError:  # the job store's own calls meet the outage; a bulk task does not stop for it
+        return False
 
 
 def _give_back(store: JobStore, job_ids: list[str], run: str) -> None:

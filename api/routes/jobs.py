@@ -77,7 +77,8 @@ async def submit_jobs(
         lane = choose_lane(len(plan.images), priority=priority, interactive_max=settings.interactive_max_images)
         batch, jobs = await submit_batch(store, images, dispatcher, plan, owner=owner, idempotency=idempotency_key,
                                          max_queue=settings.max_queue, explain=explain, lane=lane,
-                                         chunk_size=settings.max_batch, callback=callback)
+                                         chunk_size=settings.max_batch, task_size=settings.bulk_chunk,
+                                         callback=callback)
     finally:
         plan.close()
     response.headers["Location"] = f"/batches/{batch.id}"

@@ -164,7 +164,8 @@ def sweep_for_deliveries(store: JobStore) -> tuple[int, list[dict]]:
     celery = make_celery(Settings(redis_url=URL))
     workers, fair_share = WorkerRegistry(URL), FairShare(URL, ttl=600)
     reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
-                            fair_share=fair_share, celery=celery, max_batch=16, sweep_interval=30)
+                            fair_share=fair_share, celery=celery, max_batch=16, bulk_chunk=64,
+                            sweep_interval=30)
     try:
         resent = reconciler.sweep().callbacks
         return resent, [json.loads(raw) for raw in Redis.from_url(URL).lrange(WEBHOOK_QUEUE, 0, -1)]

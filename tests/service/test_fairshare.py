@@ -109,4 +109,4 @@ def test_a_chunk_put_back_as_lost_is_left_alone_if_it_was_released_again_since(f
 
 
 def test_the_window_lets_one_key_keep_every_worker_busy():
-    assert window_for(0) == 2 and window_for(1) == 2 and window_for(4) == 5
+    assert window_for(0) == 1 and window_for(1) == 1 and window_for(4) == 4

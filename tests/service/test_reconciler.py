@@ -37,7 +37,8 @@ def parts(redis: Redis) -> Iterator[tuple[JobStore, WorkerRegistry, Reconciler]]
     store, workers, fair_share = JobStore(URL, ttl=600), WorkerRegistry(URL), FairShare(URL, ttl=600)
     celery = make_celery(Settings(redis_url=URL))
     reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
-                            fair_share=fair_share, celery=celery, max_batch=16, sweep_interval=30)
+                            fair_share=fair_share, celery=celery, max_batch=16, bulk_chunk=64,
+                            sweep_interval=30)
     yield store, workers, reconciler
     for part in (reconciler, fair_share, workers, store):
         part.close()
@@ -156,7 +157,7 @@ def test_one_process_of_the_fleet_sweeps_each_interval(parts):
     store, workers, reconciler = parts
     fair_share = FairShare(URL, ttl=600)
     other = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
-                       fair_share=fair_share, celery=make_celery(Settings(redis_url=URL)), max_batch=16,
+                       fair_share=fair_share, celery=make_celery(Settings(redis_url=URL)), max_batch=16, bulk_chunk=64,
                        sweep_interval=30)
 
     assert reconciler.sweep_if_due("worker-1") is not None
@@ -192,7 +193,7 @@ def test_a_key_whose_send_failed_holds_nothing_in_flight_and_moves_at_the_next_s
     jobs = submit(store, 48, owner="team-a")
 
     with pytest.raises(OperationalError):  # the broker refuses the first send
-        enqueue_bulk([job.id for job in jobs], owner="team-a", fair_share=fair_share, window=2, max_batch=16,
+        enqueue_bulk([job.id for job in jobs], owner="team-a", fair_share=fair_share, window=2, chunk_size=16,
                      app=make_celery(Settings(redis_url=URL)))
 
     assert fair_share.in_flight(["team-a"]) == []  # was: both marked in flight with no task, the key frozen 600 s

@@ -86,6 +86,7 @@ class CountingClassifier:
         self._classifier = classifier
         self._after = after_forward_pass
         self.forward_passes = 0
+        self.max_batch = classifier.max_batch
 
     def prepare_each(self, *args, **kwargs):
         return self._classifier.prepare_each(*args, **kwargs)
@@ -116,6 +117,41 @@ def test_results_outlive_a_redis_outage_after_the_forward_pass(store: JobStore, 
     assert counting.forward_passes == 1
     assert [job.status for job in store.get_jobs([job.id for job in jobs])] == [JobStatus.SUCCEEDED] * 4
     assert store.metrics()["jobs_succeeded"] == 4
+
+
+@pytest.mark.model
+def test_a_chunk_runs_in_passes_and_makes_way_between_them(store: JobStore, default_classifier,
+                                                           radiographs: list[Path]):
+    """A chunk of three passes' worth: each pass's results are stored as the pass ends, and when urgent work waits
+    after the first pass, the rest is given back, queued and not counted as a delivery, for the task to send on. The
+    run that takes the rest does two passes more: every image is forward-passed once, as in one process."""
+    size = default_classifier.max_batch
+    paths = [radiographs[n % len(radiographs)] for n in range(2 * size + 3)]
+    _, jobs, _ = store.create_batch([Upload(path.name, path.read_bytes()) for path in paths])
+    ids = [job.id for job in jobs]
+    finished_at_each_pass: list[int] = []
+    counting = CountingClassifier(default_classifier, lambda: finished_at_each_pass.append(
+        sum(job.status is JobStatus.SUCCEEDED for job in store.get_jobs(ids))))
+    images = JobImages(store, None, None)
+
+    left = process_jobs(ids, store=store, images=images, classifier=counting, token="run-1", lease=60,
+                        max_deliveries=3, yield_between_passes=lambda: True)
+
+    assert counting.forward_passes == 1 and left == ids[size:]
+    assert [job.status for job in store.get_jobs(ids)] == [JobStatus.SUCCEEDED] * size + [JobStatus.QUEUED] * (size + 3)
+    assert all(job.deliveries == 0 for job in store.get_jobs(left))
+
+    assert process_jobs(left, store=store, images=images, classifier=counting, token="run-2", lease=60,
+                        max_deliveries=3) == []
+
+    assert counting.forward_passes == 3
+    assert finished_at_each_pass == [0, size, 2 * size]  # a pass's results are stored before the next pass ends
+    done = store.get_jobs(ids)
+    assert all(job.status is JobStatus.SUCCEEDED and job.deliveries == 1 for job in done)
+    alone = default_classifier.classify([(path.name, path.read_bytes()) for path in paths])
+    for job, prediction in zip(done, alone, strict=True):
+        assert job.result["predictions"] == pytest.approx(list(prediction.predictions), abs=1e-5)
+    assert store.metrics()["jobs_succeeded"] == len(ids)
 
 
 def test_the_worker_module_does_not_import_tensorflow():
