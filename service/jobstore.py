@@ -8,7 +8,7 @@ never disagree.
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -226,7 +226,7 @@ class Upload:
     owned: bool = False
     written: int = 0
     """Bytes of the image already in Redis at its job's image_key, written before its job by write_image_file (a
-    DICOM instance received into a file) or write_image: add_jobs leaves them as they are."""
+    DICOM instance received into a file): add_jobs leaves them as they are."""
 
 
 class JobStore:
@@ -469,19 +469,6 @@ class JobStore:
         """Job ids of a batch from position start to stop, both included (stop -1: to the end)."""
         return cast(list[str], self._redis.lrange(batch_jobs_key(batch_id), start, stop))  # a decoding client
 
-    def write_image(self, job_id: str, pieces: Iterable[bytes]) -> int:
-        """Write a job's image into Redis a piece at a time, before add_jobs stores the job (with Upload.written),
-        so that a large file is never whole in this process's memory; the bytes written. It expires with JOB_TTL if
-        its job is never stored."""
-        written = 0
-        for piece in pieces:
-            if written == 0:
-                self._raw.set(image_key(job_id), piece, ex=self.ttl)
-            else:  # at its offset, not appended: a piece sent again (a retry) lands where it did
-                self._raw.setrange(image_key(job_id), written, piece)
-            written += len(piece)
-        return written
-
     def write_image_file(self, job_id: str, file: BufferedReader, *, size: int) -> int:
         """Write a job's image into Redis from `file` (its next `size` bytes), before add_jobs stores the job (with
         Upload.written), as one SET whose value is streamed from the file a piece at a time: one round trip, and
@@ -502,12 +489,15 @@ class JobStore:
 
         try:
             connection.retry.call_with_retry(send, lambda error: connection.disconnect())
+        except BaseException:
+            connection.disconnect()  # a command cut short (the file ended) must not run into the next one sent
+            raise
         finally:
             pool.release(connection)
         return size
 
     def forget_image(self, job_id: str) -> None:
-        """Delete an image write_image wrote for a job that will not be stored."""
+        """Delete an image write_image_file wrote for a job that will not be stored."""
         self._raw.delete(image_key(job_id))
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:

@@ -135,9 +135,12 @@ class Reconciler:
         named_chunks = {message.chunk for message in messages if message.chunk}
 
         lost_before = self._store.redis_now() - STRANDED_AFTER
-        lost = [chunk for chunk in in_flight if chunk.chunk.id not in named_chunks and chunk.released_at < lost_before]
-        put_back = sum(self._fair_share.put_back(chunk.owner, [chunk.chunk.id], released_before=lost_before)
-                       for chunk in lost)
+        lost: dict[str, list[str]] = defaultdict(list)  # each key's, in the order they were released
+        for chunk in in_flight:
+            if chunk.chunk.id not in named_chunks and chunk.released_at < lost_before:
+                lost[chunk.owner].append(chunk.chunk.id)
+        put_back = sum(self._fair_share.put_back(owner, chunk_ids, released_before=lost_before)
+                       for owner, chunk_ids in lost.items())
         in_chunks = {job_id for chunk in in_flight for job_id in chunk.chunk.job_ids}  # the lost ones are pending now
         abandoned = [job for job in leases_over
                      if job.id not in named_jobs and self._store.requeue_abandoned(job.id)]

@@ -90,10 +90,16 @@ def store(broker_clean: None) -> Iterator[JobStore]:
     wipe_jobs()
 
 
+LIVE_BULK_CHUNK = 16
+"""Images per bulk task of the live service: a request of its MAX_FILES_PER_REQUEST (40) makes several tasks, each
+small enough for Flower to show all its arguments (Celery cuts a task's argsrepr at 1,024 characters: 25 job ids).
+Chunks of several passes are tested with workers of their own (tests/worker)."""
+
+
 @pytest.fixture(scope="session")
 def worker_process(broker_clean: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = start_worker(log_path)
+    process = start_worker(log_path, BULK_CHUNK=str(LIVE_BULK_CHUNK))
     yield process
     stop(process)
 
@@ -101,7 +107,7 @@ def worker_process(broker_clean: None, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def api_url(broker_clean: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process, url = start_api(tmp_path_factory.mktemp("api") / "api.log", MAX_FILES_PER_REQUEST="40",
-                             MAX_UPLOAD_BYTES=str(30 * 1024 * 1024))
+                             MAX_UPLOAD_BYTES=str(30 * 1024 * 1024), BULK_CHUNK=str(LIVE_BULK_CHUNK))
     yield url
     stop(process)
 

@@ -93,7 +93,8 @@ def process_jobs(job_ids: Sequence[str], *, store: JobStore, images: JobImages, 
     # One thread reads ahead; it only reads and decodes, and job states are written here, by the task's thread.
     ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
     try:
-        # One pass at most is read ahead of the model: a worker holds the images of two passes, whatever its task size.
+        # One pass at most is read ahead of the model: a worker holds one pass's image bytes (those being decoded;
+        # a pass's are dropped once it is prepared), whatever its task size.
         upcoming = [ahead.submit(_prepare, jobs, images, classifier) for jobs in passes[:1]]
         waiting_since = started
         for index in range(len(passes)):

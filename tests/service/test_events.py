@@ -16,11 +16,11 @@ from redis import Redis
 from service.events import PUBLISH_TIMEOUT, publisher_for
 from service.queue import CLASSIFY_TASK, make_celery
 from service.settings import Settings
-from tests.live_service import TEST_REDIS_URL
+from tests.live_service import LIVE_BULK_CHUNK, TEST_REDIS_URL
 from tests.processes import ROOT, free_port, stop, wait_until
 
-BULK_IMAGES = 20
-"""A bulk upload (more than INTERACTIVE_MAX_IMAGES) of two tasks: MAX_BATCH (16) images, then 4."""
+BULK_IMAGES = LIVE_BULK_CHUNK + 4
+"""A bulk upload (more than INTERACTIVE_MAX_IMAGES) of two tasks: LIVE_BULK_CHUNK images, then 4."""
 FLOWER_USER = "ops:flower-test-password"
 """Flower's API answers only with authentication (or FLOWER_UNAUTHENTICATED_API): basic auth, as in a deployment."""
 

@@ -37,7 +37,7 @@ def parts(redis: Redis) -> Iterator[tuple[JobStore, WorkerRegistry, Reconciler]]
     store, workers, fair_share = JobStore(URL, ttl=600), WorkerRegistry(URL), FairShare(URL, ttl=600)
     celery = make_celery(Settings(redis_url=URL))
     reconciler = Reconciler(url=URL, store=store, images=JobImages(store, None, None), workers=workers,
-                            fair_share=fair_share, celery=celery, max_batch=16, bulk_chunk=64,
+                            fair_share=fair_share, celery=celery, max_batch=16, bulk_chunk=16,
                             sweep_interval=30)
     yield store, workers, reconciler
     for part in (reconciler, fair_share, workers, store):
@@ -123,12 +123,12 @@ def test_a_queued_job_without_a_task_is_dispatched_in_its_lane(redis: Redis, par
 def test_bulk_jobs_without_a_task_wait_their_keys_turn(redis: Redis, parts, monkeypatch: pytest.MonkeyPatch):
     store, _, reconciler = parts
     monkeypatch.setattr(reconciler_module, "STRANDED_AFTER", 0.2)
-    submit(store, 16 * 5, owner="team-a")  # five chunks; no worker alive: a window of two
+    submit(store, 16 * 5, owner="team-a")  # five chunks; no worker alive: a window of one
     time.sleep(0.3)
 
     reconciler.sweep()
 
-    assert redis.llen(fair_pending_key("team-a")) == 3
+    assert redis.llen(fair_pending_key("team-a")) == 4
     assert reconciler.sweep().redispatched == 0  # chunks waiting their turn are not stranded
 
 
@@ -139,7 +139,8 @@ def test_a_chunk_released_and_never_sent_is_put_back_and_its_key_moves_again(red
     fair_share = FairShare(URL, ttl=600)
     jobs = submit(store, 16 * 3, owner="team-a")
     chunks = [[job.id for job in jobs[start:start + 16]] for start in (0, 16, 32)]
-    # Its API released two chunks and died before sending them: the key's window is full, with nothing in the broker.
+    # Its API released two chunks (two workers were alive then) and died before sending them: the key's window is
+    # full, with nothing in the broker.
     fair_share.admit("team-a", [Chunk(id=f"chunk-{n}", job_ids=ids) for n, ids in enumerate(chunks)], window=2)
     assert named_jobs(redis) == set()
     time.sleep(0.3)
@@ -147,8 +148,8 @@ def test_a_chunk_released_and_never_sent_is_put_back_and_its_key_moves_again(red
     done = reconciler.sweep()
 
     assert (done.chunks_put_back, done.redispatched) == (2, 0)  # sent again in their turn, not dispatched twice
-    assert [message.chunk for message in messages_in_broker(redis)] == ["chunk-0", "chunk-1"]
-    assert redis.llen(fair_pending_key("team-a")) == 1
+    assert [message.chunk for message in messages_in_broker(redis)] == ["chunk-0"]  # no worker alive: a window of 1
+    assert redis.llen(fair_pending_key("team-a")) == 2
     assert reconciler.sweep() == reconciler_module.Sweep()  # and the books agree now
     fair_share.close()
 
@@ -199,8 +200,8 @@ def test_a_key_whose_send_failed_holds_nothing_in_flight_and_moves_at_the_next_s
     assert fair_share.in_flight(["team-a"]) == []  # was: both marked in flight with no task, the key frozen 600 s
     faults.write_text("")
     reconciler.sweep()
-    assert [len(message.job_ids) for message in messages_in_broker(redis)] == [16, 16]
-    assert redis.llen(fair_pending_key("team-a")) == 1
+    assert [len(message.job_ids) for message in messages_in_broker(redis)] == [16]  # no worker alive: a window of 1
+    assert redis.llen(fair_pending_key("team-a")) == 2
     fair_share.close()
 
 

@@ -3,6 +3,7 @@
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -118,16 +119,17 @@ def test_the_status_of_a_job_in_a_growing_batch_is_queued(store: JobStore, studi
     assert store.get_job(job_id).status is JobStatus.QUEUED and store.queued_count() == 1
 
 
-def test_an_image_written_in_pieces_is_its_job_s_and_frees_the_bytes_reserved(store: JobStore, studies: StudyGroups,
-                                                                              redis: Redis):
-    data = bytes(range(256)) * 10_000  # 2.56 MB, written a megabyte at a time
+def test_an_image_written_from_its_file_is_its_job_s_and_frees_the_bytes_reserved(
+        store: JobStore, studies: StudyGroups, redis: Redis, tmp_path: Path):
+    data = bytes(range(256)) * 10_000  # 2.56 MB, sent a megabyte at a time
     batch_id = studies.batch_of("1.2.3", owner="dicom:CR1")
     job_id = str(uuid.uuid4())
     studies.grow("1.2.3", batch_id, job_id=job_id, image_bytes=len(data), max_queue=100)
     assert int(redis.hget(ADMISSION_BYTES, batch_id)) > len(data)
 
-    pieces = [data[start:start + 1_000_000] for start in range(0, len(data), 1_000_000)]
-    written = store.write_image(job_id, pieces)
+    (tmp_path / "a.dcm").write_bytes(data)
+    with (tmp_path / "a.dcm").open("rb") as file:
+        written = store.write_image_file(job_id, file, size=len(data))
     store.add_jobs(store.get_batch(batch_id), [Upload("a.dcm", b"", written=written)], stored_before=-1,
                    job_ids=[job_id])
 

@@ -23,6 +23,7 @@ ROUTE_SETTINGS = {
     "model_manifest": "default",  # only its labels are read (CSV columns); no model is loaded
     "api_keys": "",
     "max_batch": 4,
+    "bulk_chunk": 4,  # a bulk upload is enqueued as it is admitted, 4 jobs at a time
     "batch_wait_ms": 0,  # no window to wait out: each request's jobs are enqueued at once
     "max_files_per_request": 20,
     "max_upload_bytes": 8 * 1024 * 1024,
