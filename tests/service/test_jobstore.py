@@ -314,13 +314,15 @@ def test_a_closed_admission_stores_no_more_jobs(store: JobStore, redis: Redis):
     assert len(redis.keys(keys.image_key("*"))) == 16  # the refused jobs' images were not kept either
 
 
-def test_writes_whose_answer_was_lost_are_carried_out_once(store: JobStore, redis: Redis):
+def test_writes_whose_answer_was_lost_are_carried_out_once(store_of_its_own: JobStore):
     """redis-py sends a command again after a connection error, and the first sending may have been carried out:
-    here it always was (the proxy cuts the connection once the answer has started)."""
-    from tests.live_service import TEST_REDIS_URL
+    here it always was (the proxy cuts the connection once the answer has started). On a database of its own: the
+    lost answers take seconds, and a live worker's reconciler would take the jobs left queued for stranded."""
     from tests.lossy_proxy import lossy_proxy
 
-    database = TEST_REDIS_URL.rsplit("/", 1)[1]
+    store = store_of_its_own
+    redis = Redis.from_url(QUIET_REDIS_URL, decode_responses=True)
+    database = QUIET_REDIS_URL.rsplit("/", 1)[1]
     with lossy_proxy() as proxy:
         lossy = JobStore(f"{proxy.url}/{database}", ttl=600)
         proxy.lose_next_answer()
@@ -347,6 +349,7 @@ def test_writes_whose_answer_was_lost_are_carried_out_once(store: JobStore, redi
     assert store.get_job(claimed.id).deliveries == 1
     metrics = store.metrics()
     assert (metrics["jobs_submitted"], metrics["jobs_running"], metrics["jobs_succeeded"]) == (16, 1, 1)
+    redis.close()
 
 
 def test_the_jobs_of_a_process_known_dead_are_queued_again_whatever_their_lease(store: JobStore):
@@ -362,14 +365,14 @@ def test_the_jobs_of_a_process_known_dead_are_queued_again_whatever_their_lease(
     assert store.claim([held.id], token="run-3", lease=LEASE)[0].deliveries == 2
 
 
-AGES_REDIS_URL = "redis://127.0.0.1:6379/12"
-"""A database of its own: no worker's reconciler, nor another session's wipe, touches the ages this test times."""
+QUIET_REDIS_URL = "redis://127.0.0.1:6379/12"
+"""A database of its own: no worker's reconciler, nor another session's wipe, touches what its tests time."""
 
 
 @pytest.fixture
 def store_of_its_own() -> Iterator[JobStore]:
-    with empty_database(AGES_REDIS_URL):
-        own = JobStore(AGES_REDIS_URL, ttl=600)
+    with empty_database(QUIET_REDIS_URL):
+        own = JobStore(QUIET_REDIS_URL, ttl=600)
         yield own
         own.close()
 
