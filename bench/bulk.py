@@ -10,7 +10,9 @@ it), and measures, on a Redis database of its own:
 - the API's peak RSS and Redis' peak memory during the runs;
 - single-image latency (submit, then long-poll) against classifying one image in this process;
 - per chunk, from the workers' own histograms (/metrics): the time from a task's start to its forward pass
-  (claiming, reading and decoding), the forward pass, and the worker's wait between one chunk and the next.
+  (claiming, reading and decoding), the forward pass, and the worker's wait between one chunk and the next;
+- where the cores went: CPU milliseconds per image of the worker (its pool processes included), the API, Redis,
+  the bucket's server and this benchmark's own client during a run, and of the in-process loop.
 
 With `--store s3`, the service keeps the uploaded images in an S3-compatible bucket (a SeaweedFS the benchmark
 starts on loopback: IMAGE_STORE); with `--store reference`, the images are put in the bucket first and submitted by
@@ -40,6 +42,7 @@ from redis import Redis
 from redis.client import PubSub
 
 from bench.compute import cpu_model, cpu_peak
+from bench.cpu import cpu_seconds
 from bench.inprocess import bulk_images_per_second
 from pneuradnet.classifier import Classifier
 from pneuradnet.client import Client
@@ -102,18 +105,26 @@ def _measure(items: list[tuple[str, bytes]], radiographs: list[Path], args: argp
         with httpx.Client(base_url=url, timeout=300) as client, Client(url, timeout=300) as service:
             submit = _submitter(service, items, args.store, folder, bucket)
             sample = items[:WAITING_JOBS_MEASURED]
-            per_waiting_job = _memory_per_waiting_job(
-                client, redis, _submitter(service, sample, args.store, folder, bucket), len(sample))
+            submit_sample = _submitter(service, sample, args.store, folder, bucket)
+            # Measured the second time: the first request loads the job store's scripts into Redis, which counts
+            # them in its used_memory (about 3 KB a job of a first 200).
+            _memory_per_waiting_job(client, redis, submit_sample, len(sample))
+            per_waiting_job = _memory_per_waiting_job(client, redis, submit_sample, len(sample))
             worker = start_worker(logs / "worker.log", env)
             try:
-                _upload(client, service, redis, _submitter(service, items[:32], "redis", folder, None))  # warm-up
+                processes = {"worker": worker.pid, "api": api.pid, "redis": int(redis.info("server")["process_id"]),
+                             "benchmark_client": os.getpid(), **({"object_store": bucket.pid} if bucket else {})}
+                _upload(client, service, redis, _submitter(service, items[:32], "redis", folder, None), processes)
                 runs = []
                 for _ in range(args.runs):
+                    cpu_before = time.process_time()
                     before = bulk_images_per_second(local, items)
-                    run = _upload(client, service, redis, submit)
+                    in_process_cpu_ms = 1000 * (time.process_time() - cpu_before) / len(items)
+                    run = _upload(client, service, redis, submit, processes)
                     # The limit just before and just after the request: the machine's drift meanwhile averages out.
                     limit = (before + bulk_images_per_second(local, items)) / 2
-                    runs.append({**run, "in_process_images_per_second": limit})
+                    runs.append({**run, "in_process_images_per_second": limit,
+                                 "cpu_ms_per_image_in_process": in_process_cpu_ms})
                 singles = [_single(client, radiographs[n % len(radiographs)]) for n in range(args.singles)]
                 local_singles = [_local_single(local, radiographs[n % len(radiographs)]) for n in range(args.singles)]
             finally:
@@ -128,7 +139,8 @@ def _measure(items: list[tuple[str, bytes]], radiographs: list[Path], args: argp
             "api_peak_rss_mb": _peak_rss_mb(api.pid),
             "redis_peak_used_mb": max(run["redis_peak_mb"] for run in runs),
             "redis_bytes_per_waiting_job": per_waiting_job,
-            **{key: statistics.median(run[key] for run in runs) for key in runs[0] if key.startswith("mean_")},
+            **{key: statistics.median(run[key] for run in runs) for key in runs[0]
+               if key.startswith(("mean_", "cpu_ms_per_image"))},
             "single_p50_ms": statistics.median(singles),
             "in_process_single_p50_ms": statistics.median(local_singles),
             "runs": runs,
@@ -164,9 +176,10 @@ def _memory_per_waiting_job(client: httpx.Client, redis: Redis, submit: Callable
     return waiting / count
 
 
-def _upload(client: httpx.Client, service: Client, redis: Redis, submit: Callable[[], list[str]]) -> dict[str, float]:
+def _upload(client: httpx.Client, service: Client, redis: Redis, submit: Callable[[], list[str]],
+            processes: dict[str, int]) -> dict[str, float]:
     """The images submitted (`submit`) by the project's client as `pneuradnet submit` sends them: when the last 202
-    came, when the first job succeeded, when all had."""
+    came, when the first job succeeded, when all had; and the CPU each of `processes` used meanwhile, per image."""
     events: list[tuple[float, str]] = []
     memory: list[float] = []
     done = threading.Event()
@@ -177,6 +190,7 @@ def _upload(client: httpx.Client, service: Client, redis: Redis, submit: Callabl
     listener.start()
     sampler.start()
     before = _histograms(client)
+    cpu_before = cpu_seconds(processes)
     started = time.perf_counter()
     batch_ids = submit()
     accepted = time.perf_counter() - started
@@ -187,6 +201,8 @@ def _upload(client: httpx.Client, service: Client, redis: Redis, submit: Callabl
         assert batch.json()["counts"]["succeeded"] == batch.json()["total"], batch.json()["counts"]
         total += batch.json()["total"]
     finished = time.perf_counter() - started
+    cpu = {f"cpu_ms_per_image_{name}": 1000 * (used - cpu_before[name]) / total
+           for name, used in cpu_seconds(processes).items()}
     done.set()
     after = _histograms(client)
     listener.join()
@@ -197,7 +213,8 @@ def _upload(client: httpx.Client, service: Client, redis: Redis, submit: Callabl
     per_chunk = {f"mean_{name}_ms": 1000 * (after[name][0] - before[name][0])
                  / max(1.0, after[name][1] - before[name][1]) for name in HISTOGRAMS}
     return {"seconds_to_202": accepted, "seconds_to_first_result": first, "seconds": finished,
-            "images_per_second": total / finished, "redis_peak_mb": max(memory, default=0.0), **per_chunk}
+            "images_per_second": total / finished, "redis_peak_mb": max(memory, default=0.0), **per_chunk, **cpu,
+            "cpu_ms_per_image_total": sum(cpu.values())}
 
 
 HISTOGRAMS = ("preparation_seconds", "inference_seconds", "between_tasks_seconds")

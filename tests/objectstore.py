@@ -64,6 +64,11 @@ class SeaweedFS:
                                              env={**os.environ, "HOME": str(self.folder)})
         wait_until(self.answers, timeout=STARTUP_TIMEOUT, interval=0.2, what="SeaweedFS to answer S3 requests")
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "SeaweedFS was not started"
+        return self._process.pid
+
     def answers(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise RuntimeError(f"SeaweedFS exited:\n{(self.folder / 'weed.log').read_text()[-3000:]}")
