@@ -611,13 +611,14 @@ class JobStore:
         """The running jobs whose lease is over (on Redis' clock)."""
         return self.get_jobs(cast(list[str], self._redis.zrangebyscore(RUNNING_REGISTRY, "-inf", self.redis_now())))
 
-    def queued_for(self, seconds: float) -> list[Job]:
-        """The jobs queued (submitted, or queued again) at least `seconds` ago on Redis' clock, in either lane."""
+    def queued_ids_for(self, seconds: float) -> list[str]:
+        """The ids of the jobs queued (submitted, or queued again) at least `seconds` ago on Redis' clock, in either
+        lane."""
         moment = self.redis_now() - seconds
         pipe = self._redis.pipeline(transaction=False)
         for registry in QUEUED_REGISTRIES.values():
             pipe.zrangebyscore(registry, "-inf", moment)
-        return self.get_jobs([job_id for ids in pipe.execute() for job_id in ids])
+        return [job_id for ids in pipe.execute() for job_id in ids]
 
     def note_owned_images(self, locations: Sequence[str]) -> None:
         """Note images the service is about to write to the object store, due for deletion JOB_TTL from now (their

@@ -49,7 +49,7 @@ from service.dispatch import enqueue_bulk, send_bulk_chunks
 from service.fairshare import FairShare, window_for
 from service.images import JobImages
 from service.imagestore import ObjectStoreUnavailable
-from service.jobstore import Job, JobStore, Lane
+from service.jobstore import Job, JobStatus, JobStore, Lane
 from service.queue import send_classify_task, send_delivery_task
 from service.studies import StudyGroups
 from service.workers import WorkerRegistry
@@ -126,7 +126,7 @@ class Reconciler:
         # The order of the reads matters: the job store's registries, then fair share, then the broker. A job or
         # chunk that moves on meanwhile (released, then sent) is then seen at its later place, never at none.
         leases_over = self._store.leases_over()
-        waiting = self._store.queued_for(STRANDED_AFTER)
+        waiting = self._store.queued_ids_for(STRANDED_AFTER)
         owners = self._fair_share.owners()
         pending = self._fair_share.pending_job_ids(owners)
         in_flight = self._fair_share.in_flight(owners)
@@ -144,7 +144,10 @@ class Reconciler:
         in_chunks = {job_id for chunk in in_flight for job_id in chunk.chunk.job_ids}  # the lost ones are pending now
         abandoned = [job for job in leases_over
                      if job.id not in named_jobs and self._store.requeue_abandoned(job.id)]
-        stranded = [job for job in waiting if job.id not in named_jobs | pending | in_chunks]
+        placed = named_jobs | pending | in_chunks
+        # Only the others' records are read: a bulk of 100,000 images is queued, and almost all of it has a place.
+        stranded = [job for job in self._store.get_jobs([job_id for job_id in waiting if job_id not in placed])
+                    if job.status is JobStatus.QUEUED]
         self._dispatch([*abandoned, *stranded])
         self._release_stalled(owners)
 

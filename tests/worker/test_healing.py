@@ -172,7 +172,7 @@ def test_an_api_that_dies_between_storing_and_enqueueing_strands_nothing(redis_s
                                         uploads(radiographs, 8, "orphan")])
         assert doomed.wait(timeout=10) == DIED_EXIT_CODE
         died = time.monotonic()
-        stored = store.queued_for(0)
+        stored = store.get_jobs(store.queued_ids_for(0))
         assert len(stored) == 8, "the API died before it stored the batch: the test proves nothing"
 
         # No API is left: the worker's turn at the sweep finds the jobs no task names and dispatches them.
