@@ -210,4 +210,7 @@ async def _wait(redis: AsyncRedis, channel: str, read: Callable[[], T | None], f
             remaining = deadline - loop.time()
             if current is None or finished(current) or remaining <= 0:
                 return current
-            await pubsub.get_message(timeout=remaining)
+            if await pubsub.get_message(timeout=remaining):
+                # A forward pass finishes its jobs together: one read for all that has arrived, not one per job.
+                while await pubsub.get_message(timeout=0):
+                    pass
