@@ -6,7 +6,8 @@ it), and measures, on a Redis database of its own:
   channel), from the request's start;
 - end-to-end images/s, upload included (sent by the project's own client), as a ratio to the in-process limit
   measured in this process on the same images just before and just after each request, averaged (this shared
-  machine's speed drifts from one minute to the next);
+  machine's speed drifts from one minute to the next); with WORKER_CONCURRENCY above 1, also to the same limit laid
+  out as the worker is: that many processes of WORKER_THREADS classifying at once;
 - the API's peak RSS and Redis' peak memory during the runs;
 - single-image latency (submit, then long-poll) against classifying one image in this process;
 - per chunk, from the workers' own histograms (/metrics): the time from a task's start to its forward pass
@@ -43,11 +44,12 @@ from redis.client import PubSub
 
 from bench.compute import cpu_model, cpu_peak
 from bench.cpu import cpu_seconds
-from bench.inprocess import bulk_images_per_second
+from bench.inprocess import bulk_images_per_second, parallel_images_per_second
 from pneuradnet.classifier import Classifier
 from pneuradnet.client import Client
 from pneuradnet.manifest import MODEL_CACHE_DIR
 from service.imagestore import ObjectLocation, ObjectStore
+from service.settings import Settings
 from tests.objectstore import SeaweedFS
 from tests.processes import start_api, start_worker, stop
 
@@ -100,6 +102,13 @@ def _measure(items: list[tuple[str, bytes]], radiographs: list[Path], args: argp
         env |= {"IMAGE_STORE": str(folder.child("uploads"))} if args.store == "s3" else {"IMAGE_SOURCES": f"{folder}/"}
     local = Classifier.load("default", runtime="onnxruntime", cache_dir=MODEL_CACHE_DIR)
     local.warm_up()
+    layout = Settings()  # the worker's processes and threads, from the same environment
+    spread = layout.worker_concurrency > 1  # else the in-process limit is laid out as the worker already
+
+    def same_layout() -> float:
+        return parallel_images_per_second(radiographs, len(items), processes=layout.worker_concurrency,
+                                          threads=layout.inference_threads)
+
     api, url = start_api(logs / "api.log", env)
     try:
         with httpx.Client(base_url=url, timeout=300) as client, Client(url, timeout=300) as service:
@@ -120,11 +129,14 @@ def _measure(items: list[tuple[str, bytes]], radiographs: list[Path], args: argp
                     cpu_before = time.process_time()
                     before = bulk_images_per_second(local, items)
                     in_process_cpu_ms = 1000 * (time.process_time() - cpu_before) / len(items)
+                    same_layout_before = same_layout() if spread else 0.0
                     run = _upload(client, service, redis, submit, processes)
                     # The limit just before and just after the request: the machine's drift meanwhile averages out.
                     limit = (before + bulk_images_per_second(local, items)) / 2
                     runs.append({**run, "in_process_images_per_second": limit,
-                                 "cpu_ms_per_image_in_process": in_process_cpu_ms})
+                                 "cpu_ms_per_image_in_process": in_process_cpu_ms,
+                                 **({"in_process_same_layout_images_per_second":
+                                     (same_layout_before + same_layout()) / 2} if spread else {})})
                 singles = [_single(client, radiographs[n % len(radiographs)]) for n in range(args.singles)]
                 local_singles = [_local_single(local, radiographs[n % len(radiographs)]) for n in range(args.singles)]
             finally:
@@ -136,6 +148,11 @@ def _measure(items: list[tuple[str, bytes]], radiographs: list[Path], args: argp
             "in_process_images_per_second": statistics.median(run["in_process_images_per_second"] for run in runs),
             "ratio_to_in_process": statistics.median(run["images_per_second"] / run["in_process_images_per_second"]
                                                      for run in runs),
+            **({"in_process_same_layout_images_per_second": statistics.median(
+                    run["in_process_same_layout_images_per_second"] for run in runs),
+                "ratio_to_same_layout": statistics.median(
+                    run["images_per_second"] / run["in_process_same_layout_images_per_second"] for run in runs)}
+               if spread else {}),
             "api_peak_rss_mb": _peak_rss_mb(api.pid),
             "redis_peak_used_mb": max(run["redis_peak_mb"] for run in runs),
             "redis_bytes_per_waiting_job": per_waiting_job,

@@ -6,14 +6,17 @@ prints one JSON object.
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import numpy as np
 
 from pneuradnet.classifier import Classifier
+from pneuradnet.manifest import MODEL_CACHE_DIR
 
 
 def main() -> None:
@@ -63,6 +66,36 @@ def bulk_images_per_second(classifier: Classifier, items: list[tuple[str, bytes]
     for start in range(0, len(items), classifier.max_batch):
         classifier.classify(items[start:start + classifier.max_batch])
     return len(items) / (time.perf_counter() - started)
+
+
+def parallel_images_per_second(radiographs: list[Path], count: int, *, processes: int, threads: int) -> float:
+    """Images/s of `processes` processes at once, each loading the default model (ONNX Runtime, `threads` inference
+    threads) and classifying `count` images cycled from `radiographs` as bulk_images_per_second does: the
+    in-process limit laid out as a worker with WORKER_CONCURRENCY processes of WORKER_THREADS is."""
+    context = multiprocessing.get_context("spawn")
+    start_together = context.Barrier(processes)
+    spans = context.Queue()
+    loops = [context.Process(target=_timed_loop, args=(radiographs, count, threads, start_together, spans))
+             for _ in range(processes)]
+    for loop in loops:
+        loop.start()
+    # A loop that dies puts nothing: give up after an hour rather than wait for ever.
+    started, finished = zip(*(spans.get(timeout=3600) for _ in loops), strict=True)
+    for loop in loops:
+        loop.join()
+    return processes * count / (max(finished) - min(started))  # perf_counter is one clock for the whole machine
+
+
+def _timed_loop(radiographs: list[Path], count: int, threads: int, start_together: Barrier,
+                spans: "multiprocessing.Queue[tuple[float, float]]") -> None:
+    classifier = Classifier.load("default", runtime="onnxruntime", threads=threads, cache_dir=MODEL_CACHE_DIR)
+    classifier.warm_up()
+    items = [(path.name, path.read_bytes()) for path in radiographs]
+    items = [items[n % len(items)] for n in range(count)]
+    start_together.wait()
+    started = time.perf_counter()
+    bulk_images_per_second(classifier, items)
+    spans.put((started, time.perf_counter()))
 
 
 def _seconds(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
