@@ -172,17 +172,16 @@ def test_an_api_that_dies_between_storing_and_enqueueing_strands_nothing(redis_s
                                         uploads(radiographs, 8, "orphan")])
         assert doomed.wait(timeout=10) == DIED_EXIT_CODE
         died = time.monotonic()
-        stored = store.get_jobs(store.queued_ids_for(0))
+        stored = store.queued_ids_for(0)
         assert len(stored) == 8, "the API died before it stored the batch: the test proves nothing"
 
         # No API is left: the worker's turn at the sweep finds the jobs no task names and dispatches them.
-        wait_until(lambda: all(job.status.finished for job in store.get_jobs([job.id for job in stored])),
+        wait_until(lambda: all(job.status.finished for job in store.get_jobs(stored)),
                    timeout=STRANDED_AFTER + 2 * SWEEP_INTERVAL + 30, what="the stranded jobs to run")
         ran_after = time.monotonic() - died
     finally:
         stop(worker)
         store.close()
-    all_succeeded_exactly_once(JobStore(redis_server.url, ttl=3600), [job.id for job in stored],
-                               tmp_path / "worker.log")
+    all_succeeded_exactly_once(JobStore(redis_server.url, ttl=3600), stored, tmp_path / "worker.log")
     # A sweep's turn comes within SWEEP_INTERVAL; the jobs must have waited STRANDED_AFTER; then they run.
     assert ran_after <= STRANDED_AFTER + 2 * SWEEP_INTERVAL + 10, ran_after
